@@ -1,0 +1,41 @@
+"""The main job's stages strung together: data sets -> scores -> mask."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from torch import nn
+
+from .config import DeanConfig
+from .data import build_examples, load_records
+from .errors import DeanError
+from .scoring import ImportanceScores, score_importance
+
+
+def score_dataset(model: nn.Module, tokenizer: Any, source: Any, config: DeanConfig, *, name: str = "data",
+                  show_progress: bool = True, **load_kwargs: Any) -> ImportanceScores:
+    """Draw `config.num_samples` records of `source`, tokenize them and score the model on them."""
+    records = load_records(source, n=config.num_samples, seed=config.seed, **load_kwargs)
+    examples = build_examples(records, tokenizer, chat_template=config.chat_template, max_length=config.max_length)
+    scores = score_importance(model, examples, target_modules=config.target_modules, scorer=config.scorer,
+                              batch_size=config.batch_size, show_progress=show_progress,
+                              description=f"scoring {name}")
+    meta = {**scores.metadata, "dataset": name, "num_truncated": examples.num_truncated,
+            "num_dropped": examples.num_dropped, "seed": config.seed, "max_length": config.max_length,
+            "chat_template": config.chat_template}
+    return ImportanceScores(dict(scores), meta)
+
+
+def score_datasets(model: nn.Module, tokenizer: Any, targets: Mapping[str, Any], general: Optional[Any],
+                   config: DeanConfig, *, show_progress: bool = True) -> dict[str, ImportanceScores]:
+    """Scores of every target data set and (under `config.general_dataset`) the general one."""
+    if not isinstance(targets, Mapping) or not targets:
+        raise DeanError("targets is empty: pass {'fairness': data, 'privacy': data}.")
+    sources = dict(targets)
+    if general is not None:
+        key = config.general_dataset or "general"
+        if key in sources:
+            raise DeanError(f"a target data set is named {key!r}, the name of the general data set: rename it.")
+        sources[key] = general
+    return {name: score_dataset(model, tokenizer, src, config, name=name, show_progress=show_progress)
+            for name, src in sources.items()}

@@ -1,0 +1,112 @@
+"""Importance scorers: what the hooks accumulate per weight, and how it becomes a score.
+
+A scorer sees, for each target module, the module's input `x` (batch, tokens, in) on the forward
+pass and, if it `needs_backward`, the gradient of the loss at the module's output `g`
+(batch, tokens, out). Register new scorers with `register_scorer`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import DeanError
+from ..targets import is_conv1d
+
+_SCORERS: dict[str, type["Scorer"]] = {}
+
+# Upper bound on the temporary per-sample gradient block, in elements (about 256 MiB in fp32).
+_MAX_BLOCK_ELEMENTS = 64 * 1024 * 1024
+
+
+def register_scorer(name: str) -> Callable[[type["Scorer"]], type["Scorer"]]:
+    """Class decorator: make a `Scorer` subclass available as `score_importance(..., scorer=name)`."""
+
+    def wrap(cls: type[Scorer]) -> type[Scorer]:
+        cls.name = name
+        _SCORERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_scorer(name: str) -> "Scorer":
+    """A new scorer instance by registered name."""
+    if name not in _SCORERS:
+        raise DeanError(f"scorer={name!r} is unknown: choose one of {sorted(_SCORERS)} "
+                        "or register your own with dean_hf.scoring.register_scorer.")
+    return _SCORERS[name]()
+
+
+def available_scorers() -> list[str]:
+    """The registered scorer names."""
+    return sorted(_SCORERS)
+
+
+class Scorer:
+    """Base class of importance scorers. Accumulators are fp32 and live on the weight's device."""
+
+    name = "base"
+    needs_backward = False
+
+    def init(self, module: nn.Module) -> torch.Tensor:
+        """A fresh accumulator for `module`."""
+        w = module.weight
+        return torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+
+    def on_forward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, token_mask: torch.Tensor) -> None:
+        """Called with the module input `x` (B, T, in) and the real-token mask (B, T)."""
+
+    def on_backward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> None:
+        """Called with the module input `x` (B, T, in) and the output gradient `g` (B, T, out)."""
+
+    def finalize(self, module: nn.Module, acc: torch.Tensor) -> torch.Tensor:
+        """The fp32 score tensor, of the weight's shape, from the accumulator."""
+        raise NotImplementedError
+
+
+@register_scorer("snip")
+class SnipScorer(Scorer):
+    """SNIP: `|W| * sum_i |dL_i/dW|`, the absolute value taken per sample before the sum."""
+
+    needs_backward = True
+
+    def on_backward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> None:
+        x = x.to(device=acc.device, dtype=torch.float32)
+        g = g.to(device=acc.device, dtype=torch.float32)
+        # Per-sample weight gradient: Linear stores (out, in) -> g^T x; Conv1D stores (in, out) -> x^T g.
+        left, right = (x, g) if is_conv1d(module) else (g, x)
+        left = left.transpose(1, 2)
+        batch = x.shape[0]
+        if batch == 1:
+            acc.add_(torch.mm(left[0], right[0]).abs_())
+            return
+        per_block = max(1, _MAX_BLOCK_ELEMENTS // max(1, acc.numel()))
+        for start in range(0, batch, per_block):
+            block = torch.bmm(left[start:start + per_block], right[start:start + per_block])
+            acc.add_(block.abs_().sum(0))
+
+    def finalize(self, module: nn.Module, acc: torch.Tensor) -> torch.Tensor:
+        return acc.mul_(module.weight.detach().to(torch.float32).abs())
+
+
+@register_scorer("wanda")
+class WandaScorer(Scorer):
+    """Wanda: `|W_jk| * ||X_k||_2`, the norm of input feature k over every real token of the data."""
+
+    def init(self, module: nn.Module) -> torch.Tensor:
+        w = module.weight
+        in_features = w.shape[0] if is_conv1d(module) else w.shape[1]
+        return torch.zeros(in_features, dtype=torch.float32, device=w.device)
+
+    def on_forward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, token_mask: torch.Tensor) -> None:
+        x = x.to(device=acc.device, dtype=torch.float32)
+        mask = token_mask.to(device=acc.device, dtype=torch.float32)
+        acc.add_(torch.einsum("bti,bt->i", x * x, mask))
+
+    def finalize(self, module: nn.Module, acc: torch.Tensor) -> torch.Tensor:
+        norms = acc.sqrt_()
+        norms = norms[:, None] if is_conv1d(module) else norms[None, :]
+        return module.weight.detach().to(torch.float32).abs() * norms

@@ -1,0 +1,103 @@
+"""Which modules of a model are scored and edited: PEFT-style `target_modules` matching."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence, Union
+
+from torch import nn
+
+from .errors import DeanError
+
+TargetModules = Union[str, Sequence[str]]
+
+# Named groups of module-name parts, as users of PEFT write them.
+_GROUPS = {
+    "mlp": ("mlp", "feed_forward", "ffn", "dense_h_to_4h", "dense_4h_to_h", "fc1", "fc2", "c_fc"),
+    "self_attn": ("self_attn", "attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "query_key_value"),
+}
+_GROUPS["attention"] = _GROUPS["self_attn"]
+_GROUPS["attn"] = _GROUPS["self_attn"]
+SPECIAL = ("all-linear", *_GROUPS)
+
+
+def conv1d_class() -> type | None:
+    """transformers' GPT-2 style `Conv1D`, or None if transformers does not have it."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - every supported transformers has it
+        return None
+    return Conv1D
+
+
+def is_target_type(module: nn.Module) -> bool:
+    """True for the layer types dean_hf scores: `nn.Linear` and transformers' `Conv1D`."""
+    conv1d = conv1d_class()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' `Conv1D`, whose weight is stored (in_features, out_features)."""
+    conv1d = conv1d_class()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def _output_head_names(model: nn.Module) -> set[str]:
+    names = set()
+    get_out = getattr(model, "get_output_embeddings", None)
+    head = get_out() if callable(get_out) else None
+    for name, module in model.named_modules():
+        if head is not None and module is head:
+            names.add(name)
+        elif name.split(".")[-1] in ("lm_head", "embed_out", "output_layer"):
+            names.add(name)
+    return names
+
+
+def _matches(name: str, target_modules: TargetModules) -> bool:
+    parts = name.split(".")
+    if isinstance(target_modules, str):
+        key = target_modules.lower()
+        if key in _GROUPS:
+            return any(p in _GROUPS[key] for p in parts)
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith("." + t) for t in target_modules)
+
+
+def find_target_modules(model: nn.Module, target_modules: TargetModules = "all-linear") -> dict[str, nn.Module]:
+    """The modules selected by `target_modules`, by `named_modules()` name, in model order.
+
+    `target_modules` is "all-linear" (every Linear/Conv1D but the output head), "mlp",
+    "self_attn"/"attention", a list of name suffixes, or a regex matched against full names.
+    Only `nn.Linear` and `Conv1D` modules are ever selected; the output head never by "all-linear".
+    """
+    if isinstance(target_modules, str) and not target_modules:
+        raise DeanError("target_modules is empty: use 'all-linear', 'mlp', 'self_attn', a list of name suffixes or a regex.")
+    if not isinstance(target_modules, str):
+        target_modules = list(target_modules)
+        if not target_modules or not all(isinstance(t, str) and t for t in target_modules):
+            raise DeanError(f"target_modules={target_modules!r}: expected a non-empty list of module-name suffixes.")
+    elif target_modules.lower() not in SPECIAL:
+        try:
+            re.compile(target_modules)
+        except re.error as err:
+            raise DeanError(f"target_modules={target_modules!r} is not a valid regex ({err}); "
+                            f"use one of {SPECIAL}, a list of name suffixes, or a regex.") from None
+    heads = _output_head_names(model)
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if not is_target_type(module):
+            continue
+        if isinstance(target_modules, str) and target_modules.lower() == "all-linear":
+            if name not in heads:
+                found[name] = module
+        elif _matches(name, target_modules):
+            found[name] = module
+    if not found:
+        linear = [n for n, m in model.named_modules() if is_target_type(m)]
+        shown = ", ".join(linear[:12]) + (f", ... ({len(linear)} in all)" if len(linear) > 12 else "")
+        raise DeanError(f"target_modules={target_modules!r} matches no Linear/Conv1D module of this model. "
+                        f"Its linear modules are: {shown or 'none'}. Use 'all-linear', 'mlp', 'self_attn', "
+                        "name suffixes from that list, or a regex.")
+    return found
+

@@ -1,0 +1,201 @@
+import math
+
+import pytest
+import torch
+
+from conftest import make_model, random_examples
+from dean_hf import DeanError, ImportanceScores, score_importance
+from dean_hf.scoring import available_scorers, per_sample_loss
+from dean_hf.targets import find_target_modules, is_conv1d
+
+
+def direct_snip(model, examples, names):
+    """One backward per sample through HF's own loss; |grad| summed; times |W|."""
+    modules = dict(model.named_modules())
+    acc = {n: torch.zeros_like(modules[n].weight, dtype=torch.float32) for n in names}
+    for ex in examples:
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]]))
+        out.loss.backward()
+        for n in names:
+            acc[n] += modules[n].weight.grad.float().abs()
+    model.zero_grad(set_to_none=True)
+    return {n: acc[n] * modules[n].weight.detach().float().abs() for n in names}
+
+
+def max_rel(a, b):
+    return max(((a[n] - b[n]).abs().max() / b[n].abs().max()).item() for n in b)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma"])
+def test_snip_equals_direct_loop_and_batching(arch):
+    model = make_model(arch)
+    examples = random_examples(6)
+    s1 = score_importance(model, examples, batch_size=1, show_progress=False)
+    expected = direct_snip(model, examples, list(s1))
+    assert max_rel(s1, expected) < 1e-5
+    s4 = score_importance(model, examples, batch_size=4, show_progress=False)
+    assert max_rel(s4, s1) < 1e-5
+    grouped = score_importance(model, examples, batch_size=3, group_by_length=True, show_progress=False)
+    assert max_rel(grouped, s1) < 1e-5
+    assert all(t.dtype == torch.float32 for t in s1.values())
+    assert s1.metadata["num_samples"] == 6
+    assert s1.metadata["num_tokens"] == sum(sum(1 for x in e["labels"][1:] if x != -100) for e in examples)
+
+
+def test_gpt2_conv1d_is_targeted():
+    model = make_model("gpt2")
+    modules = find_target_modules(model)
+    assert any(is_conv1d(m) for m in modules.values())
+    assert "lm_head" not in modules
+
+
+def test_abs_is_taken_per_sample():
+    model = make_model("llama")
+    examples = random_examples(4)
+    per_sample = score_importance(model, examples, batch_size=4, show_progress=False)
+    modules = dict(model.named_modules())
+    # |sum of grads| (what a naive batched backward gives) is strictly smaller somewhere.
+    model.zero_grad(set_to_none=True)
+    for ex in examples:
+        model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]])).loss.backward()
+    name = next(iter(per_sample))
+    summed = modules[name].weight.grad.abs() * modules[name].weight.detach().abs()
+    model.zero_grad(set_to_none=True)
+    assert torch.all(summed <= per_sample[name] * (1 + 1e-5) + 1e-12)
+    assert (summed < per_sample[name] * 0.99).any()
+
+
+def test_wanda_equals_activation_norm():
+    model = make_model("llama")
+    examples = random_examples(5)
+    scores = score_importance(model, examples, scorer="wanda", batch_size=2, show_progress=False)
+    name = "model.layers.1.mlp.down_proj"
+    module = dict(model.named_modules())[name]
+    sumsq = torch.zeros(module.weight.shape[1])
+    def record(m, args, output):
+        sumsq.add_((args[0][0] ** 2).sum(0))
+
+    handle = module.register_forward_hook(record)
+    with torch.no_grad():
+        for ex in examples:
+            model(input_ids=torch.tensor([ex["input_ids"]]))
+    handle.remove()
+    expected = module.weight.detach().abs() * sumsq.sqrt()[None, :]
+    torch.testing.assert_close(scores[name], expected, rtol=1e-5, atol=1e-7)
+    assert "snip" in available_scorers() and "wanda" in available_scorers()
+
+
+def test_model_state_restored():
+    model = make_model("llama")
+    model.train()
+    model.model.layers[0].mlp.train(False)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.model.embed_tokens.weight.requires_grad_(False)
+    flags["model.embed_tokens.weight"] = False
+    marker = torch.full_like(model.model.layers[0].mlp.up_proj.weight, 7.0)
+    model.model.layers[0].mlp.up_proj.weight.grad = marker
+    modes = {n: m.training for n, m in model.named_modules()}
+    score_importance(model, random_examples(3), batch_size=2, show_progress=False)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert model.model.layers[0].mlp.up_proj.weight.grad is marker
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "model.layers.0.mlp.up_proj.weight")
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+def test_interrupt_restores_model():
+    model = make_model("llama")
+    model.train()
+    calls = {"n": 0}
+
+    def interrupt(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    handle = model.model.norm.register_forward_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        score_importance(model, random_examples(4), show_progress=False)
+    handle.remove()
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_accumulates_in_fp32(dtype):
+    model32 = make_model("llama")
+    model = make_model("llama", dtype=dtype)
+    examples = random_examples(3)
+    low = score_importance(model, examples, show_progress=False)
+    ref = score_importance(model32, examples, show_progress=False)
+    for name, t in low.items():
+        assert t.dtype == torch.float32 and torch.isfinite(t).all()
+        # Same ranking signal: strongly correlated with the fp32 scores.
+        corr = torch.corrcoef(torch.stack([t.flatten(), ref[name].flatten()]))[0, 1]
+        assert corr > 0.9
+
+
+@pytest.mark.parametrize("targets,expected", [
+    ("all-linear", 14), ("mlp", 6), ("self_attn", 8), ("attention", 8), (["up_proj", "down_proj"], 4),
+    (r".*layers\.1\..*_proj", 7),
+])
+def test_target_modules(targets, expected):
+    model = make_model("llama")
+    found = find_target_modules(model, targets)
+    assert len(found) == expected
+    assert "lm_head" not in found
+
+
+def test_target_modules_matching_nothing_lists_modules():
+    with pytest.raises(DeanError, match="q_proj"):
+        find_target_modules(make_model("llama"), ["nonexistent"])
+
+
+def test_per_sample_loss_is_hf_loss():
+    model = make_model("qwen2")
+    ex = random_examples(1)[0]
+    ids, labels = torch.tensor([ex["input_ids"]]), torch.tensor([ex["labels"]])
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels)
+        mine = per_sample_loss(out.logits, labels)
+    assert math.isclose(mine.item(), out.loss.item(), rel_tol=1e-6)
+
+
+def test_scores_round_trip(tmp_path):
+    model = make_model("llama")
+    scores = score_importance(model, random_examples(2), show_progress=False)
+    scores.save(tmp_path / "s.safetensors")
+    loaded = ImportanceScores.load(tmp_path / "s.safetensors")
+    assert dict(loaded.metadata) == dict(scores.metadata)
+    for name in scores:
+        assert torch.equal(loaded[name], scores[name])
+    with pytest.raises(TypeError):
+        scores["x"] = torch.zeros(1)  # read-only mapping
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([], "empty"), ([{"input_ids": [1, 2, 3]}], "labels"), ([{"input_ids": [1, 2], "labels": [1]}], "same length"),
+    ([{"input_ids": [1, 2, 3], "labels": [-100, -100, -100]}], "no response token"),
+])
+def test_bad_examples(bad, match):
+    with pytest.raises(DeanError, match=match):
+        score_importance(make_model("llama"), bad, show_progress=False)
+
+
+def test_bad_options():
+    model = make_model("llama")
+    with pytest.raises(DeanError, match="batch_size"):
+        score_importance(model, random_examples(1), batch_size=0)
+    with pytest.raises(DeanError, match="scorer"):
+        score_importance(model, random_examples(1), scorer="magic")
+
+
+def test_nan_loss_names_sample():
+    model = make_model("llama")
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(DeanError, match="sample 0"):
+        score_importance(model, random_examples(2), show_progress=False)
