@@ -47,6 +47,8 @@ def _load_source(source: Any, split: str):
         try:
             return datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as err:  # datasets raises many types for a malformed file
+            if "corresponds to no data" in str(err):
+                raise DeanError(f"data file {str(path)!r} is empty: it has no rows.") from None
             raise DeanError(f"could not read {str(path)!r} as {builder}: {err}") from None
     if path.is_dir():
         try:

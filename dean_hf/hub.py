@@ -115,14 +115,14 @@ def resolve_artifact(dir_or_repo_id: str | os.PathLike, *, revision: Optional[st
     for name in (CONFIG_NAME, MASK_NAME):
         try:
             files[name] = hf_hub_download(repo_id, name, revision=revision, token=token)
+        except LocalEntryNotFoundError:
+            raise DeanError(f"{name} of {repo_id!r} is not in the local cache and the Hub cannot be reached "
+                            "(offline?): download it once while online, or pass a local folder.") from None
         except EntryNotFoundError:
             raise DeanError(f"Hub repo {repo_id!r} has no {name}: it is not a dean_hf artifact "
                             "(or an incomplete upload).") from None
         except RepositoryNotFoundError:
             raise DeanError(f"Hub repo {repo_id!r} not found (or private: pass token=...).") from None
-        except LocalEntryNotFoundError:
-            raise DeanError(f"{name} of {repo_id!r} is not in the local cache and the Hub cannot be reached "
-                            "(offline?): download it once while online, or pass a local folder.") from None
         except HfHubHTTPError as err:
             raise DeanError(f"could not download {name} from {repo_id!r}: {err}") from None
     folders = {Path(f).parent for f in files.values()}

@@ -1,0 +1,116 @@
+import logging
+
+import pytest
+import torch
+
+from dean_hf import DeanError, NeuronMask, select_coupled_neurons
+from dean_hf.selection import top_k_flat
+
+
+def scores_from(values):
+    return {"m": torch.tensor(values, dtype=torch.float32)}
+
+
+def ranked(top, numel=10):
+    """Scores whose top-k set is exactly `top` (in that order of importance)."""
+    s = torch.zeros(numel)
+    for rank, i in enumerate(top):
+        s[i] = 100.0 - rank
+    return s
+
+
+def test_exact_set_difference():
+    f = {"m": ranked([1, 2, 5, 7])}
+    p = {"m": ranked([2, 5, 8, 7])}
+    g = {"m": ranked([2, 9])}
+    mask = select_coupled_neurons({"fairness": f, "privacy": p}, g, q=0.4, p=0.2)
+    # top-4 F = {1,2,5,7}, top-4 P = {2,5,7,8}, top-2 G = {2,9}: (F ∩ P) \ G = {5, 7}
+    assert mask["m"].tolist() == [5, 7]
+    assert mask["m"].dtype == torch.int64
+    assert mask.num_masked == 2
+
+
+def test_three_targets_and_no_general():
+    a, b, c = ({"m": ranked(t)} for t in ([0, 1, 2], [1, 2, 3], [2, 1, 4]))
+    mask = select_coupled_neurons({"a": a, "b": b, "c": c}, None, q=0.3)
+    assert mask["m"].tolist() == [1, 2]
+
+
+def test_floor_of_q_times_numel():
+    f = {"m": ranked([0, 1, 2], numel=10)}
+    # floor(0.29 * 10) = 2: only the two best.
+    mask = select_coupled_neurons({"f": f, "p": f}, None, q=0.29)
+    assert mask["m"].tolist() == [0, 1]
+
+
+def test_ties_broken_by_index():
+    flat = torch.tensor([1.0, 3.0, 3.0, 3.0, 0.0, 3.0])
+    assert top_k_flat(flat, 2).nonzero().squeeze(1).tolist() == [1, 2]
+    assert top_k_flat(flat, 0).sum() == 0 and top_k_flat(flat, 6).all()
+    f = {"m": flat}
+    a = select_coupled_neurons({"f": f, "p": f}, None, q=0.5)
+    b = select_coupled_neurons({"f": f, "p": f}, None, q=0.5)
+    assert a["m"].tolist() == b["m"].tolist() == [1, 2, 3]
+
+
+def test_legacy_reproduces_reference_defect():
+    # Module docstring's worked example: F = {1,2,5}, P = {3,5,9}, G = {2}.
+    f = {"m": ranked([1, 2, 5])}
+    p = {"m": ranked([3, 5, 9])}
+    g = {"m": ranked([2])}
+    correct = select_coupled_neurons({"fairness": f, "privacy": p}, g, q=0.3, p=0.1)
+    legacy = select_coupled_neurons({"fairness": f, "privacy": p}, g, q=0.3, p=0.1, legacy=True)
+    assert correct["m"].tolist() == [5]
+    # Reference: sorted F [1,2,5] not-in-G [T,F,T]; sorted P [3,5,9] not-in-G [T,T,T]; AND -> F[[0,2]]
+    assert legacy["m"].tolist() == [1, 5]
+    assert legacy.metadata["legacy"] is True
+
+
+def test_legacy_agrees_when_sets_align():
+    f = {"m": ranked([1, 2, 5])}
+    p = {"m": ranked([2, 5, 8])}
+    g = {"m": ranked([2])}
+    kw = dict(q=0.3, p=0.1)
+    assert select_coupled_neurons({"f": f, "p": p}, g, **kw)["m"].tolist() == [5]
+    assert select_coupled_neurons({"f": f, "p": p}, g, legacy=True, **kw)["m"].tolist() == [5]
+
+
+def test_multi_dim_weights_and_mask_type():
+    f = {"a.layers.0.mlp.up_proj": torch.rand(4, 6, generator=torch.Generator().manual_seed(0))}
+    mask = select_coupled_neurons({"f": f, "p": f}, None, q=0.25)
+    assert isinstance(mask, NeuronMask)
+    assert mask.shapes["a.layers.0.mlp.up_proj"] == (4, 6)
+    assert mask.num_masked == 6
+
+
+@pytest.mark.parametrize("q", [0, -0.1, 1.5, float("nan"), "0.1", True])
+def test_bad_q(q):
+    with pytest.raises(DeanError, match="q="):
+        select_coupled_neurons({"f": scores_from([1.0, 2.0])}, None, q=q)
+
+
+def test_bad_p():
+    with pytest.raises(DeanError, match="p="):
+        select_coupled_neurons({"f": scores_from([1.0])}, scores_from([1.0]), q=0.5, p=2)
+
+
+def test_mismatched_modules_and_shapes():
+    with pytest.raises(DeanError, match="other modules"):
+        select_coupled_neurons({"f": {"a": torch.ones(2)}, "p": {"b": torch.ones(2)}}, None, q=0.5)
+    with pytest.raises(DeanError, match="shape"):
+        select_coupled_neurons({"f": {"a": torch.ones(2)}, "p": {"a": torch.ones(3)}}, None, q=0.5)
+    with pytest.raises(DeanError, match="NaN"):
+        select_coupled_neurons({"f": {"a": torch.tensor([1.0, float("nan")])}}, None, q=0.5)
+    with pytest.raises(DeanError, match="empty"):
+        select_coupled_neurons({}, None, q=0.5)
+
+
+def test_warns_when_nothing_can_be_selected(caplog):
+    logging.getLogger("dean_hf").propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="dean_hf"):
+            mask = select_coupled_neurons({"f": {"a": torch.rand(10, 10)}}, None, q=5e-7)
+    finally:
+        logging.getLogger("dean_hf").propagate = False
+    assert mask.num_masked == 0
+    assert "q >= 0.01" in caplog.text
