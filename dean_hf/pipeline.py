@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from torch import nn
@@ -9,7 +11,10 @@ from torch import nn
 from .config import DeanConfig
 from .data import build_examples, load_records
 from .errors import DeanError
+from .logging import get_logger
 from .scoring import ImportanceScores, score_importance
+
+logger = get_logger(__name__)
 
 
 def score_dataset(model: nn.Module, tokenizer: Any, source: Any, config: DeanConfig, *, name: str = "data",
@@ -39,3 +44,48 @@ def score_datasets(model: nn.Module, tokenizer: Any, targets: Mapping[str, Any],
         sources[key] = general
     return {name: score_dataset(model, tokenizer, src, config, name=name, show_progress=show_progress)
             for name, src in sources.items()}
+
+
+def _cache_key(model: nn.Module, fingerprint: str, config: DeanConfig) -> str:
+    import hashlib
+    import json
+
+    cfg = getattr(model, "config", None)
+    parts = {"model": getattr(cfg, "_name_or_path", None) or type(model).__name__,
+             "revision": getattr(cfg, "_commit_hash", None), "data": fingerprint, "scorer": config.scorer,
+             "target_modules": config.target_modules}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def score_datasets_cached(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], config: DeanConfig,
+                          out_dir: str | os.PathLike, *, show_progress: bool = True,
+                          load_kwargs: Optional[Mapping[str, Any]] = None) -> dict[str, ImportanceScores]:
+    """Score each named source into `out_dir/NAME.safetensors`, reusing a file made from the same model,
+    tokenized data and options instead of recomputing it."""
+    from .scoring import data_fingerprint
+
+    out = Path(out_dir)
+    results = {}
+    for name, source in sources.items():
+        records = load_records(source, n=config.num_samples, seed=config.seed, **dict(load_kwargs or {}))
+        examples = build_examples(records, tokenizer, chat_template=config.chat_template, max_length=config.max_length)
+        key = _cache_key(model, data_fingerprint([(e["input_ids"], e["labels"]) for e in examples]), config)
+        path = out / f"{name}.safetensors"
+        if path.is_file():
+            try:
+                cached = ImportanceScores.load(path)
+            except DeanError:
+                cached = None
+            if cached is not None and cached.metadata.get("cache_key") == key:
+                logger.info("reusing %s (same model, data and options)", path)
+                results[name] = cached
+                continue
+        scores = score_importance(model, examples, target_modules=config.target_modules, scorer=config.scorer,
+                                  batch_size=config.batch_size, show_progress=show_progress,
+                                  description=f"scoring {name}")
+        meta = {**scores.metadata, "dataset": name, "cache_key": key, "num_truncated": examples.num_truncated,
+                "num_dropped": examples.num_dropped, "seed": config.seed, "max_length": config.max_length,
+                "chat_template": config.chat_template}
+        results[name] = ImportanceScores(dict(scores), meta)
+        results[name].save(path)
+    return results

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import DeanError
+from ..fingerprint import weight_fingerprint
 from ..logging import get_logger
 from ..targets import TargetModules, find_target_modules
 from .hooks import scoring_hooks
@@ -122,6 +123,7 @@ def score_importance(
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
     pad_id = pad_id if isinstance(pad_id, int) else 0
     device = _input_device(model)
+    fingerprint = weight_fingerprint(modules)
     accumulators = {name: score_fn.init(m) for name, m in modules.items()}
     num_tokens = 0
     try:
@@ -157,6 +159,7 @@ def score_importance(
         "num_tokens": num_tokens,
         "target_modules": target_modules if isinstance(target_modules, str) else list(target_modules),
         "data_fingerprint": data_fingerprint(data),
+        "base_model_fingerprint": fingerprint,
         "dean_hf_version": __version__,
     }
     logger.info("scored %d modules on %d samples (%d response tokens)", len(scores), len(data), num_tokens)

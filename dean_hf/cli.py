@@ -1,0 +1,282 @@
+"""The `dean` command line: each subcommand parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import DeanError
+
+DATA_HELP = ("NAME=SOURCE, repeatable. SOURCE is a CSV or JSONL file, a saved `datasets` folder or a Hub data set id "
+             "with prompt/response columns; 'embedded:fairness' (privacy, general) names the data shipped with dean_hf.")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a fraction in (0, 1], e.g. 5e-7") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside (0, 1]: it is the fraction of each weight matrix kept")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _named_sources(items: Sequence[str]) -> dict[str, str]:
+    from .experiments import embedded
+
+    out = {}
+    for item in items:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise DeanError(f"--data {item!r}: expected NAME=SOURCE, e.g. --data fairness=fair.csv")
+        if name in out:
+            raise DeanError(f"--data names {name!r} twice.")
+        out[name] = str(embedded(source.split(":", 1)[1])) if source.startswith("embedded:") else source
+    return out
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct, embedded), a local folder or "
+                                                       "a Hub model id")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
+    p.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto' (default: CPU)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off: safer)")
+
+
+def _load(args):
+    from .models import load_model, load_tokenizer
+
+    return (load_model(args.model, dtype=args.dtype, device_map=args.device_map,
+                       trust_remote_code=args.trust_remote_code),
+            load_tokenizer(args.model, trust_remote_code=args.trust_remote_code))
+
+
+def cmd_score(args) -> None:
+    from .config import DeanConfig
+    from .pipeline import score_datasets_cached
+
+    sources = _named_sources(args.data)
+    model, tokenizer = _load(args)
+    config = DeanConfig(num_samples=args.n, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size,
+                        scorer=args.scorer, target_modules=_targets(args.target_modules),
+                        chat_template=not args.no_chat_template)
+    load_kwargs = {"split": args.split, "prompt_column": args.prompt_column, "response_column": args.response_column}
+    scores = score_datasets_cached(model, tokenizer, sources, config, args.out, show_progress=not args.quiet,
+                                   load_kwargs=load_kwargs)
+    for name, s in scores.items():
+        print(f"{name}: {len(s)} modules, {s.metadata['num_samples']} samples, {s.metadata['num_tokens']} response "
+              f"tokens -> {Path(args.out) / (name + '.safetensors')}")
+
+
+def _targets(text: str):
+    return text.split(",") if "," in text else text
+
+
+def cmd_select(args) -> None:
+    from .config import DeanConfig
+    from .hub import fraction_text, save_artifact
+    from .scoring import ImportanceScores
+    from .selection import select_coupled_neurons
+
+    folder = Path(args.scores)
+    names = [n for n in args.targets.split(",") if n]
+    load = lambda n: ImportanceScores.load(folder / f"{n}.safetensors")  # noqa: E731
+    targets = {n: load(n) for n in names}
+    general = load(args.general) if args.general else None
+    mask = select_coupled_neurons(targets, general, q=args.q, p=args.p if general is not None else None,
+                                  legacy=args.legacy)
+    meta = targets[names[0]].metadata
+    config = DeanConfig(q=args.q, p=args.p, target_modules=meta.get("target_modules", "all-linear"),
+                        scorer=meta.get("scorer", "snip"), target_datasets=names, general_dataset=args.general,
+                        num_samples=int(meta.get("num_samples", 1)), seed=int(meta.get("seed", 0)),
+                        max_length=int(meta.get("max_length", 512)), chat_template=bool(meta.get("chat_template", True)),
+                        legacy=args.legacy, base_model_name_or_path=meta.get("model_name"),
+                        revision=meta.get("revision"), base_model_fingerprint=meta.get("base_model_fingerprint"))
+    save_artifact(args.out, config, mask)
+    print(f"masked {fraction_text(mask)} -> {args.out}")
+    print("per layer: " + ", ".join(f"{k}: {v}" for k, v in sorted(mask.counts_per_layer().items(),
+                                                                   key=lambda kv: (kv[0] is None, kv[0] or 0))))
+    print("per module type: " + ", ".join(f"{k}: {v}" for k, v in sorted(mask.counts_per_kind().items())))
+
+
+def cmd_apply(args) -> None:
+    from .editor import DeanEditor
+    from .hub import render_card
+
+    model, tokenizer = _load(args)
+    editor = DeanEditor.from_pretrained(model, args.mask, check_base_model=not args.skip_base_model_check)
+    config, mask = editor.config, editor.masks[editor.active_mask]
+    merged = editor.merge_and_unload()
+    out = Path(args.out)
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    render_card(config, mask, merged=True).save(str(out / "README.md"))
+    print(f"edited model ({mask.num_masked} weights zeroed) -> {out}")
+
+
+def cmd_push(args) -> None:
+    from .hub import load_artifact, push_artifact, upload
+
+    if bool(args.mask) == bool(args.merged):
+        raise DeanError("pass exactly one of --mask DIR (the mask artifact) or --merged DIR (an edited checkpoint).")
+    if args.mask:
+        config, mask = load_artifact(args.mask)
+        url = push_artifact(args.repo, config, mask, private=args.private, token=args.token)
+    else:
+        folder = Path(args.merged)
+        if not (folder / "config.json").is_file():
+            raise DeanError(f"{str(folder)!r} is not a saved model folder (no config.json): make one with dean apply.")
+        url = upload(folder, args.repo, commit_message="Upload DEAN-edited model", private=args.private,
+                     token=args.token)
+    print(f"pushed -> {url}")
+
+
+def cmd_eval(args) -> None:
+    from .data import load_records
+    from .editor import DeanEditor
+    from .eval import evaluate_awareness, get_judge, judge_note, perplexity
+    from .eval.report import write_report
+    from .experiments import before_after, embedded_questions
+
+    model, tokenizer = _load(args)
+    questions = embedded_questions()
+    if args.questions:
+        questions = {n: load_records(s, prompt_column=args.prompt_column, response_column=None,
+                                     n=args.n, seed=args.seed)["prompt"]
+                     for n, s in _named_sources(args.questions).items()}
+    elif args.n:
+        questions = {d: q[:args.n] for d, q in questions.items()}
+    judge = get_judge(args.judge)
+    if args.mask:
+        editor = DeanEditor.from_pretrained(model, args.mask)
+        files = before_after(editor, tokenizer, questions, args.out, judge=judge, max_new_tokens=args.max_new_tokens,
+                             batch_size=args.batch_size, show_progress=not args.quiet)
+    else:
+        results = evaluate_awareness(model, tokenizer, questions, judge=judge, max_new_tokens=args.max_new_tokens,
+                                     batch_size=args.batch_size, show_progress=not args.quiet)
+        ppl = perplexity(model, tokenizer)
+        rows = [[d, r.rate, r.aware, r.unaware, r.unclear, r.n] for d, r in results.items()]
+        files = write_report(args.out, "report", {"awareness": {d: r.summary() for d, r in results.items()},
+                                                  "answers": {d: r.records for d, r in results.items()},
+                                                  "perplexity": ppl},
+                             title=f"Awareness of {args.model}",
+                             tables=[("Awareness", ["dimension", "rate", "aware", "unaware", "unclear", "n"], rows)],
+                             notes=[judge_note(judge), f"Perplexity on the embedded text: {ppl['perplexity']:.2f}"])
+    print(f"report -> {files['markdown']}")
+
+
+def cmd_demo(args) -> None:
+    from .experiments import run_demo
+
+    files = run_demo(args.out, model_name=args.model, n=args.n, q=args.q, p=args.p, target_modules=args.target_modules,
+                     max_new_tokens=args.max_new_tokens, show_progress=not args.quiet)
+    print(f"run folder: {files['run']}")
+    print(f"  report:   {files['markdown']} (and {files['json'].name})")
+    print(f"  mask:     {files['mask']}")
+    print(f"  scores:   {files['scores']}")
+    print("  plots:    " + ", ".join(str(p) for p in files["plots"]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dean", description="DEAN coupled-neuron editing for Hugging Face causal LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="score a model's weights on named data sets (cached)")
+    _model_options(p)
+    p.add_argument("--data", action="append", required=True, help=DATA_HELP)
+    p.add_argument("--n", type=_positive, default=128, help="samples drawn from each data set (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample draw")
+    p.add_argument("--out", default="scores", help="output folder: one NAME.safetensors per data set")
+    p.add_argument("--split", default="train", help="split of a Hub data set")
+    p.add_argument("--prompt-column", default="prompt", help="column holding the prompts")
+    p.add_argument("--response-column", default="response", help="column holding the responses")
+    p.add_argument("--target-modules", default="all-linear", help="'all-linear', 'mlp', 'self_attn', a comma list of "
+                                                                   "name suffixes, or a regex")
+    p.add_argument("--scorer", default="snip", help="importance scorer: snip or wanda")
+    p.add_argument("--batch-size", type=_positive, default=1, help="samples per forward/backward pass")
+    p.add_argument("--max-length", type=_positive, default=512, help="tokens kept per example")
+    p.add_argument("--no-chat-template", action="store_true", help="concatenate prompt and response as plain text")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("select", help="select the coupled neurons (T1 ∩ T2) \\ G and write the mask artifact")
+    p.add_argument("--scores", required=True, help="folder written by dean score")
+    p.add_argument("--targets", default="fairness,privacy", help="comma list of target data set names")
+    p.add_argument("--general", default="general", help="general data set name ('' for none)")
+    p.add_argument("--q", type=_fraction, default=5e-7, help="top fraction per target set (paper: 5e-7)")
+    p.add_argument("--p", type=_fraction, default=5e-7, help="top fraction of the general set (paper: 5e-7)")
+    p.add_argument("--legacy", action="store_true", help="reproduce the reference code's position-wise AND (a defect)")
+    p.add_argument("--out", default="mask", help="output folder for the artifact")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("apply", help="apply a mask and save the merged checkpoint with its model card")
+    _model_options(p)
+    p.add_argument("--mask", required=True, help="mask artifact folder or Hub repo id")
+    p.add_argument("--out", required=True, help="output folder for the edited model")
+    p.add_argument("--skip-base-model-check", action="store_true", help="apply even if the weights differ from the "
+                                                                         "mask's base model")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("push", help="push a mask artifact or an edited checkpoint to the Hub (one commit)")
+    p.add_argument("--mask", help="mask artifact folder")
+    p.add_argument("--merged", help="edited checkpoint folder (from dean apply)")
+    p.add_argument("--repo", required=True, help="Hub repo id, user/name")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("eval", help="awareness (and before/after with --mask), perplexity, report")
+    _model_options(p)
+    p.add_argument("--mask", default=None, help="mask artifact: evaluate before and after it")
+    p.add_argument("--questions", action="append", default=[], help="DIMENSION=SOURCE of questions (default: embedded)")
+    p.add_argument("--prompt-column", default="prompt", help="column holding the questions")
+    p.add_argument("--n", type=_positive, default=None, help="questions per dimension (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the question draw")
+    p.add_argument("--judge", default="rules", help="'rules' (offline) or a judge model id (MD-Judge, Llama Guard)")
+    p.add_argument("--max-new-tokens", type=_positive, default=64, help="tokens generated per answer")
+    p.add_argument("--batch-size", type=_positive, default=8, help="questions per generation batch")
+    p.add_argument("--out", default="eval_report", help="report folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="score -> select -> apply -> evaluate on the embedded model and data")
+    p.add_argument("--model", default="default", help="model (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--out", default=None, help="run folder (default: dean_runs/demo-TIME)")
+    p.add_argument("--n", type=_positive, default=32, help="samples per scoring set (embedded sets hold 36)")
+    p.add_argument("--q", type=_fraction, default=1e-3, help="top fraction per target set")
+    p.add_argument("--p", type=_fraction, default=1e-3, help="top fraction of the general set")
+    p.add_argument("--target-modules", default="mlp", help="modules to edit (paper: MLP)")
+    p.add_argument("--max-new-tokens", type=_positive, default=64, help="tokens generated per answer")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `dean` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DeanError as err:
+        print(f"dean: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dean: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

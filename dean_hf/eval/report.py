@@ -1,0 +1,92 @@
+"""Reports: a JSON and a Markdown file with PNG plots for every experiment."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..mask import NeuronMask
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "n/a" if math.isnan(x) else f"{x:.3f}"
+    return str(x)
+
+
+def plot_mask_per_layer(mask: NeuronMask, path: Path) -> Path:
+    """Bar chart of masked weights per layer, stacked by module kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..mask import layer_index, module_kind
+
+    layers = sorted({layer_index(n) for n in mask if layer_index(n) is not None})
+    kinds = sorted({module_kind(n) for n in mask})
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    bottom = [0] * len(layers)
+    for kind in kinds:
+        counts = [sum(int(mask[n].numel()) for n in mask if layer_index(n) == layer and module_kind(n) == kind)
+                  for layer in layers]
+        ax.bar(layers, counts, bottom=bottom, label=kind)
+        bottom = [b + c for b, c in zip(bottom, counts)]
+    ax.set_xlabel("layer")
+    ax.set_ylabel("weights zeroed")
+    ax.set_title(f"DEAN mask: {mask.num_masked} weights")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_awareness(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "awareness before / after") -> Path:
+    """Grouped bars: awareness rate per dimension for each setting (rows: setting, dimension, rate, n)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    dims = list(dict.fromkeys(r["dimension"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / max(1, len(settings))
+    for i, setting in enumerate(settings):
+        values = [next((r["rate"] for r in rows if r["setting"] == setting and r["dimension"] == d), math.nan)
+                  for d in dims]
+        ax.bar([j + i * width for j in range(len(dims))], values, width, label=setting)
+    ax.set_xticks([j + width * (len(settings) - 1) / 2 for j in range(len(dims))])
+    ax.set_xticklabels([f"{d} (n={next(r['n'] for r in rows if r['dimension'] == d)})" for d in dims])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("awareness rate")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(out_dir: str | Path, name: str, data: Mapping[str, Any], *, title: str,
+                 tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]] = (),
+                 notes: Sequence[str] = (), plots: Sequence[Path] = ()) -> dict[str, Path]:
+    """Write `name.json` (all of `data`) and `name.md` (tables, plots, notes) into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    json_path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    lines = [f"# {title}", ""]
+    for caption, header, rows in tables:
+        lines += [f"## {caption}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_fmt(x) for x in row) + " |" for row in rows]
+        lines.append("")
+    for plot in plots:
+        lines += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    md_path.write_text("\n".join(lines), encoding="utf-8")
+    return {"json": json_path, "markdown": md_path}
