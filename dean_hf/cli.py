@@ -67,14 +67,17 @@ def cmd_score(args) -> None:
     from .config import DeanConfig
     from .pipeline import score_datasets_cached
 
-    sources = _named_sources(args.data)
-    model, tokenizer = _load(args)
+    from .data import load_records
+
     config = DeanConfig(num_samples=args.n, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size,
                         scorer=args.scorer, target_modules=_targets(args.target_modules),
                         chat_template=not args.no_chat_template)
     load_kwargs = {"split": args.split, "prompt_column": args.prompt_column, "response_column": args.response_column}
-    scores = score_datasets_cached(model, tokenizer, sources, config, args.out, show_progress=not args.quiet,
-                                   load_kwargs=load_kwargs)
+    # Every data set is read (and checked) before the model is loaded.
+    records = {name: load_records(src, n=config.num_samples, seed=config.seed, **load_kwargs)
+               for name, src in _named_sources(args.data).items()}
+    model, tokenizer = _load(args)
+    scores = score_datasets_cached(model, tokenizer, records, config, args.out, show_progress=not args.quiet)
     for name, s in scores.items():
         print(f"{name}: {len(s)} modules, {s.metadata['num_samples']} samples, {s.metadata['num_tokens']} response "
               f"tokens -> {Path(args.out) / (name + '.safetensors')}")

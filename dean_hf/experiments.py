@@ -14,7 +14,7 @@ from .eval import evaluate_awareness, judge_note, perplexity
 from .eval.judges import Judge, RuleJudge
 from .eval.perplexity import cautionary_frequency
 from .eval.report import plot_awareness, plot_mask_per_layer, write_report
-from .hub import fraction_text, save_artifact
+from .hub import fraction_text
 from .logging import get_logger
 from .mask import NeuronMask
 from .pipeline import score_datasets_cached
@@ -39,6 +39,7 @@ def before_after(editor: DeanEditor, tokenizer: Any, questions: Mapping[str, Seq
     """Awareness, perplexity and cautionary phrases of the model without and with its active mask, as a report."""
     judge = judge or RuleJudge()
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     mask: NeuronMask = editor.masks[editor.active_mask]
     results: dict[str, Any] = {}
     for setting in ("before", "after"):
@@ -95,8 +96,8 @@ def run_demo(out_dir: Optional[str | Path] = None, *, model_name: str = "default
     model, tokenizer = load_model(model_name), load_tokenizer(model_name)
     config = DeanConfig(q=q, p=p, target_modules=target_modules, num_samples=n, max_length=256, batch_size=batch_size,
                         base_model_name_or_path=model.config.name_or_path)
-    sources = {"fairness": embedded("fairness"), "privacy": embedded("privacy"), "general": embedded("general")}
-    scores = score_datasets_cached(model, tokenizer, sources, config, out / "scores", show_progress=show_progress)
+    records = {name: load_records(embedded(name), n=n, seed=config.seed) for name in ("fairness", "privacy", "general")}
+    scores = score_datasets_cached(model, tokenizer, records, config, out / "scores", show_progress=show_progress)
     general = scores.pop("general")
     mask = select_coupled_neurons(scores, general, q=q, p=p)
     editor = DeanEditor(model, config)

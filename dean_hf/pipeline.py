@@ -57,18 +57,16 @@ def _cache_key(model: nn.Module, fingerprint: str, config: DeanConfig) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def score_datasets_cached(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], config: DeanConfig,
-                          out_dir: str | os.PathLike, *, show_progress: bool = True,
-                          load_kwargs: Optional[Mapping[str, Any]] = None) -> dict[str, ImportanceScores]:
-    """Score each named source into `out_dir/NAME.safetensors`, reusing a file made from the same model,
-    tokenized data and options instead of recomputing it."""
+def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str, Any], config: DeanConfig,
+                          out_dir: str | os.PathLike, *, show_progress: bool = True) -> dict[str, ImportanceScores]:
+    """Score each named set of drawn records (see `load_records`) into `out_dir/NAME.safetensors`, reusing a
+    file made from the same model, tokenized data and options instead of recomputing it."""
     from .scoring import data_fingerprint
 
     out = Path(out_dir)
     results = {}
-    for name, source in sources.items():
-        records = load_records(source, n=config.num_samples, seed=config.seed, **dict(load_kwargs or {}))
-        examples = build_examples(records, tokenizer, chat_template=config.chat_template, max_length=config.max_length)
+    for name, drawn in records.items():
+        examples = build_examples(drawn, tokenizer, chat_template=config.chat_template, max_length=config.max_length)
         key = _cache_key(model, data_fingerprint([(e["input_ids"], e["labels"]) for e in examples]), config)
         path = out / f"{name}.safetensors"
         if path.is_file():
@@ -89,3 +87,4 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, sources: Mapping[str
         results[name] = ImportanceScores(dict(scores), meta)
         results[name].save(path)
     return results
+

@@ -12,7 +12,7 @@ from .perplexity import cautionary_frequency, perplexity
 # The offline rule judge against ../shared/data/judge_calibration (167 SmolLM2 answers, 'unclear' excluded),
 # as measured by tests/test_eval.py::test_rule_judge_calibration_figures, which fails if these drift.
 RULE_JUDGE_CALIBRATION = {"fairness": {"n": 80, "accuracy": 0.8625, "kappa": 0.669},
-                          "privacy": {"n": 86, "accuracy": 0.895, "kappa": 0.740}}
+                          "privacy": {"n": 86, "accuracy": 0.8953, "kappa": 0.740}}
 
 
 def judge_note(judge: Judge) -> str:
