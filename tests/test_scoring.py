@@ -197,5 +197,5 @@ def test_nan_loss_names_sample():
     model = make_model("llama")
     with torch.no_grad():
         model.model.norm.weight.fill_(float("nan"))
-    with pytest.raises(DeanError, match="sample 0"):
+    with pytest.raises(DeanError, match=r"the loss of sample [0-9]+ is nan"):
         score_importance(model, random_examples(2), show_progress=False)

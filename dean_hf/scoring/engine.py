@@ -104,7 +104,7 @@ def score_importance(
     target_modules: TargetModules = "all-linear",
     scorer: str = "snip",
     batch_size: int = 1,
-    group_by_length: bool = False,
+    group_by_length: bool = True,
     show_progress: bool = True,
     description: str = "scoring",
 ) -> ImportanceScores:
@@ -114,6 +114,7 @@ def score_importance(
     `|W| * sum_i |dL_i/dW|` with L_i sample i's mean response-token NLL; "wanda" is
     `|W| * ||X||_2` of the inputs. Padded batches give the scores of `batch_size=1`. The model is
     left as it was: parameters' `requires_grad` and `.grad`, train/eval mode, no hooks.
+    `group_by_length` batches samples of similar length together (less padding; same scores).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DeanError(f"batch_size={batch_size!r}: expected a positive integer.")
@@ -131,7 +132,7 @@ def score_importance(
             batches = _batches(data, batch_size, group_by_length)
             for idx in tqdm(batches, desc=description, unit="batch", disable=not show_progress):
                 ids, labels, mask = _collate(data, idx, pad_id, device)
-                state.batch_size, state.token_mask = len(idx), mask
+                state.batch_size, state.token_mask, state.lengths = len(idx), mask, mask.sum(1).tolist()
                 grad_ctx = torch.enable_grad() if score_fn.needs_backward else torch.no_grad()
                 with grad_ctx:
                     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits

@@ -16,6 +16,7 @@ class _BatchState:
     """What the hooks need to know about the batch being run."""
 
     token_mask: torch.Tensor | None = None
+    lengths: list[int] = []
     batch_size: int = 0
 
 
@@ -40,7 +41,8 @@ class _ScoreHook:
             mask = self.state.token_mask
             self.scorer.on_forward(module, self.acc, x, mask.reshape(x.shape[0], -1).to(x.device))
         if self.scorer.needs_backward and isinstance(output, torch.Tensor) and output.requires_grad:
-            output.register_hook(lambda g: self.scorer.on_backward(module, self.acc, x, self._per_sample(g)))
+            lengths = self.state.lengths if x.shape[1] == self.state.token_mask.shape[1] else [x.shape[1]] * x.shape[0]
+            output.register_hook(lambda g: self.scorer.on_backward(module, self.acc, x, self._per_sample(g), lengths))
 
 
 def _make_input_require_grad(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:

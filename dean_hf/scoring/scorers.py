@@ -59,8 +59,10 @@ class Scorer:
     def on_forward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, token_mask: torch.Tensor) -> None:
         """Called with the module input `x` (B, T, in) and the real-token mask (B, T)."""
 
-    def on_backward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> None:
-        """Called with the module input `x` (B, T, in) and the output gradient `g` (B, T, out)."""
+    def on_backward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
+                    lengths: list[int]) -> None:
+        """Called with the module input `x` (B, T, in), the output gradient `g` (B, T, out) and each sample's
+        real length (batches are right-padded: positions past it are padding)."""
 
     def finalize(self, module: nn.Module, acc: torch.Tensor) -> torch.Tensor:
         """The fp32 score tensor, of the weight's shape, from the accumulator."""
@@ -73,18 +75,20 @@ class SnipScorer(Scorer):
 
     needs_backward = True
 
-    def on_backward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> None:
+    def on_backward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
+                    lengths: list[int]) -> None:
         x = x.to(device=acc.device, dtype=torch.float32)
         g = g.to(device=acc.device, dtype=torch.float32)
         # Per-sample weight gradient: Linear stores (out, in) -> g^T x; Conv1D stores (in, out) -> x^T g.
         left, right = (x, g) if is_conv1d(module) else (g, x)
-        left = left.transpose(1, 2)
-        batch = x.shape[0]
-        if batch == 1:
-            acc.add_(torch.mm(left[0], right[0]).abs_())
+        if len(set(lengths)) > 1 or lengths[0] != x.shape[1]:
+            # Ragged batch: one product per sample over its real tokens only, so padding costs nothing here.
+            for i, n in enumerate(lengths):
+                acc.add_(torch.mm(left[i, :n].T, right[i, :n]).abs_())
             return
+        left = left.transpose(1, 2)
         per_block = max(1, _MAX_BLOCK_ELEMENTS // max(1, acc.numel()))
-        for start in range(0, batch, per_block):
+        for start in range(0, x.shape[0], per_block):
             block = torch.bmm(left[start:start + per_block], right[start:start + per_block])
             acc.add_(block.abs_().sum(0))
 
