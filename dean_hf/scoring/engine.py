@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +100,46 @@ def _input_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _distributed(distributed: Optional[bool]) -> tuple[int, int]:
+    """(rank, world size) when scoring is spread over torch.distributed processes, else (0, 1)."""
+    import torch.distributed as dist
+
+    active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and not active:
+        raise DeanError("distributed=True but torch.distributed is not initialized with several processes: "
+                        "launch with torchrun or accelerate launch.")
+    if active and distributed is not False:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _run_pass(model, data, shard: list[int], modules, score_fn, accumulators, *, batch_size: int,
+              group_by_length: bool, pad_id: int, device, show_progress: bool, description: str) -> int:
+    """One pass over this process's samples with hooks on `modules`; returns the response tokens seen."""
+    num_tokens = 0
+    with scoring_hooks(model, modules, score_fn, accumulators) as state:
+        batches = [[shard[i] for i in b] for b in _batches([data[i] for i in shard], batch_size, group_by_length)]
+        for idx in tqdm(batches, desc=description, unit="batch", disable=not show_progress):
+            ids, labels, mask = _collate(data, idx, pad_id, device)
+            state.batch_size, state.token_mask, state.lengths = len(idx), mask, mask.sum(1).tolist()
+            grad_ctx = torch.enable_grad() if score_fn.needs_backward else torch.no_grad()
+            with grad_ctx:
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                losses = per_sample_loss(logits, labels)
+                bad = ~torch.isfinite(losses)
+                if bad.any():
+                    raise DeanError(f"the loss of sample {idx[int(bad.nonzero()[0])]} is {losses[bad][0].item()}: "
+                                    "the model overflows on it (try float32) or the sample is broken.")
+                if score_fn.needs_backward:
+                    losses.sum().backward()
+                del logits, losses
+            if state.nonfinite is not None:
+                raise DeanError(f"non-finite gradient at module {state.nonfinite!r} while scoring sample(s) {idx}: "
+                                "the model overflows (fp16?); score in float32 or bfloat16, or drop those samples.")
+            num_tokens += int((labels[:, 1:] != -100).sum())
+    return num_tokens
+
+
 def score_importance(
     model: nn.Module,
     examples: Iterable[Mapping[str, Any]],
@@ -108,6 +148,8 @@ def score_importance(
     scorer: str = "snip",
     batch_size: int = 1,
     group_by_length: bool = True,
+    modules_per_pass: Optional[int] = None,
+    distributed: Optional[bool] = None,
     show_progress: bool = True,
     description: str = "scoring",
 ) -> ImportanceScores:
@@ -117,10 +159,17 @@ def score_importance(
     `|W| * sum_i |dL_i/dW|` with L_i sample i's mean response-token NLL; "wanda" is
     `|W| * ||X||_2` of the inputs. Padded batches give the scores of `batch_size=1`. The model is
     left as it was: parameters' `requires_grad` and `.grad`, train/eval mode, no hooks.
+
     `group_by_length` batches samples of similar length together (less padding; same scores).
+    `modules_per_pass` is the low-memory path: that many modules' accumulators at a time, one pass
+    over the data per group, each group's scores moved to the CPU when done. Under torch.distributed
+    (`distributed=None` detects it), each process scores its share of the samples and the
+    accumulators are summed with one all-reduce: every rank gets the single-process scores.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DeanError(f"batch_size={batch_size!r}: expected a positive integer.")
+    if modules_per_pass is not None and (not isinstance(modules_per_pass, int) or modules_per_pass < 1):
+        raise DeanError(f"modules_per_pass={modules_per_pass!r}: expected a positive integer or None.")
     score_fn = get_scorer(scorer)
     data = _check_examples(examples)
     modules = find_target_modules(model, target_modules)
@@ -128,32 +177,37 @@ def score_importance(
     pad_id = pad_id if isinstance(pad_id, int) else 0
     device = _input_device(model)
     fingerprint = weight_fingerprint(modules)
-    accumulators = {name: score_fn.init(m) for name, m in modules.items()}
+    rank, world = _distributed(distributed)
+    shard = list(range(rank, len(data), world))
+    names = list(modules)
+    size = modules_per_pass or len(names)
+    groups = [names[i:i + size] for i in range(0, len(names), size)]
+    scores: dict[str, torch.Tensor] = {}
+    accumulators: dict[str, torch.Tensor] = {}
     num_tokens = 0
     try:
-        with scoring_hooks(model, modules, score_fn, accumulators) as state:
-            batches = _batches(data, batch_size, group_by_length)
-            for idx in tqdm(batches, desc=description, unit="batch", disable=not show_progress):
-                ids, labels, mask = _collate(data, idx, pad_id, device)
-                state.batch_size, state.token_mask, state.lengths = len(idx), mask, mask.sum(1).tolist()
-                grad_ctx = torch.enable_grad() if score_fn.needs_backward else torch.no_grad()
-                with grad_ctx:
-                    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                    losses = per_sample_loss(logits, labels)
-                    bad = ~torch.isfinite(losses)
-                    if bad.any():
-                        raise DeanError(f"the loss of sample {idx[int(bad.nonzero()[0])]} is {losses[bad][0].item()}: "
-                                        "the model overflows on it (try float32) or the sample is broken.")
-                    if score_fn.needs_backward:
-                        losses.sum().backward()
-                    del logits, losses
-                num_tokens += int((labels[:, 1:] != -100).sum())
-                if score_fn.needs_backward:
-                    _check_finite(accumulators, idx)
-        scores = {name: score_fn.finalize(modules[name], acc) for name, acc in accumulators.items()}
+        for number, group in enumerate(groups):
+            sub = {n: modules[n] for n in group}
+            accumulators = {n: score_fn.init(m) for n, m in sub.items()}
+            desc = description if len(groups) == 1 else f"{description} ({number + 1}/{len(groups)})"
+            tokens = _run_pass(model, data, shard, sub, score_fn, accumulators, batch_size=batch_size,
+                               group_by_length=group_by_length, pad_id=pad_id, device=device,
+                               show_progress=show_progress and rank == 0, description=desc)
+            num_tokens = tokens if number == 0 else num_tokens
+            if world > 1:
+                _all_reduce(accumulators)
+            for n in group:
+                score = score_fn.finalize(sub[n], accumulators.pop(n))
+                if not bool(torch.isfinite(score).all()):
+                    raise DeanError(f"the scores of module {n!r} contain NaN or inf: its weights or inputs are "
+                                    "not finite; check the model in float32.")
+                scores[n] = score if len(groups) == 1 else score.cpu()
     except BaseException:
         accumulators.clear()
+        scores.clear()
         raise
+    if world > 1:
+        num_tokens = int(_all_reduce({"t": torch.tensor(float(num_tokens), device=device)})["t"])
     config = getattr(model, "config", None)
     metadata = {
         "model_name": getattr(config, "_name_or_path", None) or type(model).__name__,
@@ -170,8 +224,9 @@ def score_importance(
     return ImportanceScores(scores, metadata)
 
 
-def _check_finite(accumulators: dict[str, torch.Tensor], idx: list[int]) -> None:
-    for name, acc in accumulators.items():
-        if not bool(torch.isfinite(acc).all()):
-            raise DeanError(f"non-finite gradient in module {name!r} while scoring sample(s) {idx}: "
-                            "the model overflows (fp16?); score in float32 or bfloat16, or drop those samples.")
+def _all_reduce(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    import torch.distributed as dist
+
+    for t in tensors.values():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return tensors

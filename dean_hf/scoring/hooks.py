@@ -18,6 +18,7 @@ class _BatchState:
     token_mask: torch.Tensor | None = None
     lengths: list[int] = []
     batch_size: int = 0
+    nonfinite: str | None = None  # name of a module whose output gradient was NaN/inf in this batch
 
 
 class _ScoreHook:
@@ -42,7 +43,13 @@ class _ScoreHook:
             self.scorer.on_forward(module, self.acc, x, mask.reshape(x.shape[0], -1).to(x.device))
         if self.scorer.needs_backward and isinstance(output, torch.Tensor) and output.requires_grad:
             lengths = self.state.lengths if x.shape[1] == self.state.token_mask.shape[1] else [x.shape[1]] * x.shape[0]
-            output.register_hook(lambda g: self.scorer.on_backward(module, self.acc, x, self._per_sample(g), lengths))
+            output.register_hook(lambda g: self._backward(module, x, g, lengths))
+
+    def _backward(self, module: nn.Module, x: torch.Tensor, g: torch.Tensor, lengths: list[int]) -> None:
+        if not bool(torch.isfinite(g).all()):
+            self.state.nonfinite = self.name
+            return
+        self.scorer.on_backward(module, self.acc, x, self._per_sample(g), lengths)
 
 
 def _make_input_require_grad(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
