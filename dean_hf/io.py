@@ -56,8 +56,10 @@ def atomic_write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.T
             os.remove(tmp)
 
 
-def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a file written by `atomic_write_safetensors`: (tensors, meta). `what` names it in errors."""
+def read_safetensors(path: str | os.PathLike, what: str, *, lazy: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a file written by `atomic_write_safetensors`: (tensors, meta). `what` names it in errors.
+
+    `lazy=True` returns each tensor's dtype name ("F32", ...) instead of the tensor, reading no data."""
     path = Path(path)
     if not path.is_file():
         raise DeanError(f"{what} file {str(path)!r} does not exist: check the path.")
@@ -66,7 +68,7 @@ def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, torc
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+                tensors[key] = f.get_slice(key).get_dtype() if lazy else f.get_tensor(key)
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as err:
         raise DeanError(f"{what} file {str(path)!r} is not a readable safetensors file ({err}); "
                         "it may be truncated or corrupt: write it again.") from None

@@ -142,4 +142,4 @@ class NeuronMask(Mapping):
                 raise DeanError(f"{str(path)!r}: shape of {n!r} is {s!r}, expected a list of positive ints.")
             parsed[n] = tuple(s)
         extra = meta.get("metadata")
-        return cls(tensors, parsed, extra if isinstance(extra, dict) else {})
+        return cls({n: tensors[n] for n in parsed}, parsed, extra if isinstance(extra, dict) else {})

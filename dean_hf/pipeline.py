@@ -60,7 +60,10 @@ def _cache_key(model: nn.Module, fingerprint: str, config: DeanConfig) -> str:
 def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str, Any], config: DeanConfig,
                           out_dir: str | os.PathLike, *, show_progress: bool = True) -> dict[str, ImportanceScores]:
     """Score each named set of drawn records (see `load_records`) into `out_dir/NAME.safetensors`, reusing a
-    file made from the same model, tokenized data and options instead of recomputing it."""
+    file made from the same model, tokenized data and options instead of recomputing it.
+
+    Each set is written as soon as it is scored and returned lazily loaded, so only one set of scores is
+    in memory at a time (selection then reads one module at a time)."""
     from .scoring import data_fingerprint
 
     out = Path(out_dir)
@@ -71,7 +74,7 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str
         path = out / f"{name}.safetensors"
         if path.is_file():
             try:
-                cached = ImportanceScores.load(path)
+                cached = ImportanceScores.load(path, lazy=True)
             except DeanError:
                 cached = None
             if cached is not None and cached.metadata.get("cache_key") == key:
@@ -84,7 +87,8 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str
         meta = {**scores.metadata, "dataset": name, "cache_key": key, "num_truncated": examples.num_truncated,
                 "num_dropped": examples.num_dropped, "seed": config.seed, "max_length": config.max_length,
                 "chat_template": config.chat_template}
-        results[name] = ImportanceScores(dict(scores), meta)
-        results[name].save(path)
+        ImportanceScores(dict(scores), meta).save(path)
+        del scores
+        results[name] = ImportanceScores.load(path, lazy=True)
     return results
 

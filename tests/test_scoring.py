@@ -187,6 +187,9 @@ def test_scores_round_trip(tmp_path):
         assert torch.equal(loaded[name], scores[name])
     with pytest.raises(TypeError):
         scores["x"] = torch.zeros(1)  # read-only mapping
+    lazy = ImportanceScores.load(tmp_path / "s.safetensors", lazy=True)
+    assert list(lazy) == list(scores) and dict(lazy.metadata) == dict(scores.metadata)
+    assert all(torch.equal(lazy[n], scores[n]) for n in scores) and lazy.shapes == scores.shapes
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -1,4 +1,4 @@
-"""Experiments as library functions: before vs after DEAN, and the end-to-end demo."""
+"""Before vs after DEAN, and the end-to-end demo on the embedded model and data."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from .config import DeanConfig
-from .data import load_records
-from .editor import DeanEditor
-from .eval import evaluate_awareness, judge_note, perplexity
-from .eval.judges import Judge, RuleJudge
-from .eval.perplexity import cautionary_frequency
-from .eval.report import plot_awareness, plot_mask_per_layer, write_report
-from .hub import fraction_text
-from .logging import get_logger
-from .mask import NeuronMask
-from .pipeline import score_datasets_cached
-from .selection import select_coupled_neurons
+from ..config import DeanConfig
+from ..data import load_records
+from ..editor import DeanEditor
+from ..eval import evaluate_awareness, judge_note, perplexity
+from ..eval.judges import Judge, RuleJudge
+from ..eval.perplexity import cautionary_frequency
+from ..eval.report import plot_awareness, plot_mask_per_layer, write_report
+from ..hub import fraction_text
+from ..logging import get_logger
+from ..mask import NeuronMask
+from ..pipeline import score_datasets_cached
+from ..selection import select_coupled_neurons
 
 logger = get_logger(__name__)
 
@@ -90,7 +90,7 @@ def run_demo(out_dir: Optional[str | Path] = None, *, model_name: str = "default
              p: float = 1e-3, target_modules: str = "mlp", max_new_tokens: int = 64, batch_size: int = 4,
              show_progress: bool = True) -> dict[str, Path]:
     """score -> select -> apply -> before/after evaluation on the embedded model and data; returns the files."""
-    from .models import load_model, load_tokenizer
+    from ..models import load_model, load_tokenizer
 
     out = Path(out_dir or f"dean_runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     model, tokenizer = load_model(model_name), load_tokenizer(model_name)

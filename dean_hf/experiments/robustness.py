@@ -1,0 +1,49 @@
+"""Robustness of DEAN: scored on few samples, and on only the unsafe ("malicious") answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from torch import nn
+
+from ..config import DeanConfig
+from ..data import load_records
+from ..editor import DeanEditor
+from ..eval.judges import Judge
+from ..pipeline import score_datasets_cached
+from ..selection import select_coupled_neurons
+from .common import measure
+
+
+def dean_setting(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions: Mapping[str, Sequence[str]],
+                 cache_dir: str | Path, *, n: int, q: float, p: float, target_modules: str = "mlp",
+                 judge: Optional[Judge] = None, max_new_tokens: int = 64, show_progress: bool = True,
+                 seed: int = 0) -> dict[str, Any]:
+    """Score `sources` (fairness, privacy, general) on n samples, select with q/p, measure with the mask on."""
+    config = DeanConfig(q=q, p=p, target_modules=target_modules, num_samples=n, seed=seed, max_length=256)
+    records = {k: load_records(v, n=n, seed=seed) for k, v in sources.items()}
+    scores = score_datasets_cached(model, tokenizer, records, config, cache_dir, show_progress=show_progress)
+    general = scores.pop("general")
+    mask = select_coupled_neurons(scores, general, q=q, p=p)
+    row: dict[str, Any] = {"n": n, "q": q, "p": p, "modules": target_modules, "masked": mask.num_masked}
+    if mask.num_masked:
+        editor = DeanEditor(model)
+        editor.add_mask("default", mask, check_base_model=False)
+        editor.set_mask("default")
+        row.update(measure(model, tokenizer, questions, judge=judge, max_new_tokens=max_new_tokens,
+                           show_progress=show_progress))
+        editor.unload()
+    return row
+
+
+def robustness(model: nn.Module, tokenizer: Any, safe: Mapping[str, Any], unsafe: Mapping[str, Any],
+               questions: Mapping[str, Sequence[str]], cache_dir: str | Path, *, ns: Sequence[int] = (8, 32, 128),
+               q: float, p: float, **kwargs: Any) -> list[dict[str, Any]]:
+    """Rows for DEAN scored on each n in `ns` (safe data) and on n = max(ns) of the unsafe data."""
+    cache = Path(cache_dir)
+    rows = [{"data": "safe", **dean_setting(model, tokenizer, safe, questions, cache / f"safe-{n}", n=n, q=q, p=p,
+                                            **kwargs)} for n in ns]
+    rows.append({"data": "unsafe only", **dean_setting(model, tokenizer, unsafe, questions, cache / "unsafe",
+                                                       n=max(ns), q=q, p=p, **kwargs)})
+    return rows

@@ -1,0 +1,85 @@
+"""DeanCallback: masked weights stay exactly zero through Trainer steps; scores collected during training."""
+
+import pytest
+import torch
+
+from conftest import make_model, random_examples
+from dean_hf import DeanError, NeuronMask, score_importance, select_coupled_neurons
+from dean_hf.callback import DeanCallback
+
+
+def train(model, callback=None, *, steps=4, lr=1e-2, accumulation=1, tmp_path=None, examples=None):
+    import datasets
+    from transformers import Trainer, TrainingArguments
+
+    examples = examples or random_examples(8, seed=4)
+    ds = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=1, max_steps=steps,
+                             learning_rate=lr, gradient_accumulation_steps=accumulation, weight_decay=0.1,
+                             report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
+                             disable_tqdm=True, seed=0, optim="adamw_torch")
+    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[callback] if callback else [])
+    trainer.train()
+    return model
+
+
+def make_mask(model, q=0.05):
+    s = score_importance(model, random_examples(3), show_progress=False)
+    return select_coupled_neurons({"f": s, "p": s}, None, q=q)
+
+
+def masked_values(model, mask):
+    modules = dict(model.named_modules())
+    return torch.cat([modules[n].weight.detach().reshape(-1)[idx] for n, idx in mask.items()])
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_masked_weights_stay_zero(tmp_path, accumulation):
+    model = make_model("llama")
+    mask = make_mask(model)
+    assert mask.num_masked > 0
+    train(model, DeanCallback(mask), accumulation=accumulation, tmp_path=tmp_path)
+    assert torch.equal(masked_values(model, mask), torch.zeros(mask.num_masked))
+
+    control = make_model("llama")  # same start, no callback: the same entries move away from zero
+    modules = dict(control.named_modules())
+    with torch.no_grad():
+        for n, idx in mask.items():
+            modules[n].weight.view(-1)[idx] = 0
+    train(control, None, accumulation=accumulation, tmp_path=tmp_path)
+    assert (masked_values(control, mask) != 0).sum() > mask.num_masked // 2
+
+
+def test_lora_model_keeps_base_entries_zero(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = make_model("llama")
+    mask = make_mask(model)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "up_proj"], lora_alpha=4))
+    train(peft_model, DeanCallback(mask), tmp_path=tmp_path)
+    base = peft_model.get_base_model()
+    modules = {n: m for n, m in base.named_modules()}
+    for name, idx in mask.items():
+        module = modules.get(name) or modules[name.replace("q_proj", "q_proj.base_layer")]
+        weight = module.get_base_layer().weight if hasattr(module, "get_base_layer") else module.weight
+        assert (weight.detach().reshape(-1)[idx] == 0).all()
+
+
+def test_scores_collected_during_training_equal_score_importance(tmp_path):
+    examples = random_examples(4, seed=5)
+    model = make_model("llama")
+    callback = DeanCallback(collect_scores=True)
+    train(model, callback, steps=4, lr=0.0, tmp_path=tmp_path, examples=examples)  # lr 0: weights do not move
+    expected = score_importance(make_model("llama"), examples, show_progress=False)
+    assert callback.scores is not None and list(callback.scores) == list(expected)
+    worst = max(((callback.scores[n] - expected[n]).abs().max() / expected[n].abs().max()).item() for n in expected)
+    assert worst < 1e-4
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_callback_errors():
+    with pytest.raises(DeanError, match="needs a mask"):
+        DeanCallback()
+    mask = NeuronMask({"model.layers.0.mlp.up_proj": torch.tensor([0])}, {"model.layers.0.mlp.up_proj": (2, 2)})
+    with pytest.raises(DeanError, match="shape"):
+        DeanCallback(mask).on_train_begin(None, None, None, model=make_model("llama"))
