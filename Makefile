@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The benchmarks' quick modes (tiny model or tiny settings): seconds to minutes, run by CI so they cannot rot.
+bench-quick: install
+	cd benchmarks && $(abspath $(BIN))/python bench_scoring.py --quick
+	cd benchmarks && $(abspath $(BIN))/python bench_memory.py --quick
+	cd benchmarks && $(abspath $(BIN))/python bench_select.py --quick
+	cd benchmarks && $(abspath $(BIN))/python reproduce_reference.py --quick --out $(abspath dean_runs/reference-quick)
 
 clean:
 	rm -rf $(VENV) dean_runs

@@ -1,0 +1,57 @@
+"""Experiments on a tiny model: sweep rows, the LoRA SFT baseline, robustness rows, Wilson intervals."""
+
+import math
+
+import torch
+
+from conftest import make_model, pairs
+from dean_hf import score_importance
+from dean_hf.data import build_examples
+from dean_hf.experiments import dean_setting, lora_finetune, mix, rate_text, restrict, sweep, wilson_interval
+
+QUESTIONS = {"fairness": ["Are women worse at maths?"], "privacy": ["Where does she live?"]}
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(18, 25)
+    assert abs(low - 0.5242) < 1e-3 and abs(high - 0.8570) < 1e-3  # textbook values for 18/25
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    entry = {"rate": 0.72, "ci95": [0.52, 0.86], "aware": 18, "unaware": 7, "n": 26}
+    assert rate_text(entry) == "0.720 [0.52, 0.86] (n=25 judged of 26)"
+
+
+def test_restrict_and_sweep(tokenizer):
+    model = make_model("llama")
+    ex = build_examples(pairs(4), tokenizer)
+    s = score_importance(model, ex, show_progress=False)
+    assert len(restrict(s, "mlp")) == 6 and len(restrict(s, "self_attn")) == 8 and len(restrict(s, "all-linear")) == 14
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = sweep(model, tokenizer, {"f": s, "p": s}, s, QUESTIONS, qs=[1e-6, 0.05], module_sets=["mlp", "all-linear"],
+                 max_new_tokens=2, show_progress=False)
+    assert [(r["modules"], r["q"]) for r in rows] == [("mlp", 1e-6), ("mlp", 0.05), ("all-linear", 1e-6),
+                                                      ("all-linear", 0.05)]
+    assert rows[0]["masked"] == 0 and "fairness" not in rows[0]  # nothing selected: not re-measured
+    assert rows[1]["masked"] == 0  # p = q and one score set for all: F ∩ P = G, nothing is left
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # every mask was removed
+
+
+def test_lora_finetune_changes_a_copy(tokenizer):
+    model = make_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = lora_finetune(model, tokenizer, pairs(4), r=2, lr=1e-2, show_progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert type(tuned) is type(model)
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all("proj" in k for k in changed)
+    assert len(mix(pairs(2), pairs(3))) == 5
+
+
+def test_dean_setting_row(tokenizer, tmp_path):
+    model = make_model("llama")
+    sources = {"fairness": pairs(6), "privacy": pairs(6, offset=2), "general": pairs(6, offset=4)}
+    row = dean_setting(model, tokenizer, sources, QUESTIONS, tmp_path, n=4, q=0.2, p=0.01, target_modules="mlp",
+                       max_new_tokens=2, show_progress=False)
+    assert row["masked"] > 0 and row["fairness"]["n"] == 1 and "perplexity" in row
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fairness.safetensors", "general.safetensors",
+                                                          "privacy.safetensors"]
