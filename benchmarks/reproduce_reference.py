@@ -53,7 +53,7 @@ def main() -> None:
     nq, n = (6, 8) if args.quick else (args.questions, args.n)
     qs = [1e-3] if args.quick else [1e-4, 1e-3, 1e-2]
     module_sets = ["mlp"] if args.quick else ["mlp", "self_attn", "all-linear"]
-    ns = (4, 8) if args.quick else (8, 32, 128)
+    ns = (4, n) if args.quick else (8, 32, n)
     tokens = 16 if args.quick else 64
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,12 +61,14 @@ def main() -> None:
     questions = {d: load_records(REFERENCE / f"salad_{d}.csv", prompt_column="questions", response_column=None,
                                  n=nq, seed=0)["prompt"] for d in ("fairness", "privacy")}
     safe = {k: REFERENCE / v for k, v in SAFE.items()}
-    kw = dict(max_new_tokens=tokens, show_progress=not args.quick)
+    kw = dict(max_new_tokens=tokens, batch_size=16, show_progress=not args.quick)
 
     base = measure(model, tokenizer, questions, **kw)
     config = DeanConfig(num_samples=n, max_length=256)
     records = {k: load_records(v, n=n, seed=0) for k, v in safe.items()}
-    scores = score_datasets_cached(model, tokenizer, records, config, out / "scores", show_progress=not args.quick)
+    # Stored where the robustness study looks for its n-sample safe scores, so they are computed once.
+    scores = score_datasets_cached(model, tokenizer, records, config, out / "scores" / f"safe-{n}",
+                                   show_progress=not args.quick)
     general = scores.pop("general")
     paper_mask = select_coupled_neurons(scores, general, q=5e-7, p=5e-7)
     rows = sweep(model, tokenizer, scores, general, questions, qs=qs, module_sets=module_sets, **kw)
@@ -78,7 +80,7 @@ def main() -> None:
                                              n=n, q=1e-3, p=1e-3, **kw)
     del tuned
     robust = robustness(model, tokenizer, safe, {k: REFERENCE / v for k, v in UNSAFE.items()}, questions,
-                        out / "scores-robust", ns=ns, q=1e-3, p=1e-3, **kw)
+                        out / "scores", ns=ns, q=1e-3, p=1e-3, **kw)
 
     header = ["setting", "weights zeroed", "fairness awareness [95% CI]", "privacy awareness [95% CI]",
               "perplexity"]

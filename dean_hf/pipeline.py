@@ -11,8 +11,10 @@ from torch import nn
 from .config import DeanConfig
 from .data import build_examples, load_records
 from .errors import DeanError
+from .fingerprint import weight_fingerprint
 from .logging import get_logger
 from .scoring import ImportanceScores, score_importance
+from .targets import find_target_modules
 
 logger = get_logger(__name__)
 
@@ -51,9 +53,10 @@ def _cache_key(model: nn.Module, fingerprint: str, config: DeanConfig) -> str:
     import json
 
     cfg = getattr(model, "config", None)
+    weights = weight_fingerprint(find_target_modules(model, config.target_modules))  # a fine-tuned copy differs
     parts = {"model": getattr(cfg, "_name_or_path", None) or type(model).__name__,
-             "revision": getattr(cfg, "_commit_hash", None), "data": fingerprint, "scorer": config.scorer,
-             "target_modules": config.target_modules}
+             "revision": getattr(cfg, "_commit_hash", None), "weights": weights, "data": fingerprint,
+             "scorer": config.scorer, "target_modules": config.target_modules}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

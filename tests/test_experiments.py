@@ -55,3 +55,21 @@ def test_dean_setting_row(tokenizer, tmp_path):
     assert row["masked"] > 0 and row["fairness"]["n"] == 1 and "perplexity" in row
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fairness.safetensors", "general.safetensors",
                                                           "privacy.safetensors"]
+
+
+def test_score_cache_is_keyed_on_weights(tokenizer, tmp_path):
+    from dean_hf.config import DeanConfig
+    from dean_hf.data import load_records
+    from dean_hf.pipeline import score_datasets_cached
+
+    records = {"fairness": load_records(pairs(4), n=4)}
+    config = DeanConfig(num_samples=4, max_length=64)
+    first = score_datasets_cached(make_model("llama"), tokenizer, records, config, tmp_path, show_progress=False)
+    stamp = (tmp_path / "fairness.safetensors").stat().st_mtime_ns
+    again = score_datasets_cached(make_model("llama"), tokenizer, records, config, tmp_path, show_progress=False)
+    assert (tmp_path / "fairness.safetensors").stat().st_mtime_ns == stamp  # same model and data: reused
+    name = next(iter(first))
+    assert torch.equal(again[name], first[name])
+    other = score_datasets_cached(make_model("llama", seed=9), tokenizer, records, config, tmp_path,
+                                  show_progress=False)  # same name, other weights: recomputed
+    assert not torch.equal(other[name], first[name])

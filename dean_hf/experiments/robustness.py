@@ -13,26 +13,27 @@ from ..editor import DeanEditor
 from ..eval.judges import Judge
 from ..pipeline import score_datasets_cached
 from ..selection import select_coupled_neurons
-from .common import measure
+from .common import measure, restrict
 
 
 def dean_setting(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions: Mapping[str, Sequence[str]],
                  cache_dir: str | Path, *, n: int, q: float, p: float, target_modules: str = "mlp",
-                 judge: Optional[Judge] = None, max_new_tokens: int = 64, show_progress: bool = True,
-                 seed: int = 0) -> dict[str, Any]:
-    """Score `sources` (fairness, privacy, general) on n samples, select with q/p, measure with the mask on."""
-    config = DeanConfig(q=q, p=p, target_modules=target_modules, num_samples=n, seed=seed, max_length=256)
+                 judge: Optional[Judge] = None, max_new_tokens: int = 64, batch_size: int = 8,
+                 show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Score `sources` (fairness, privacy, general) on n samples, select with q/p among `target_modules`, and
+    measure with the mask on. All linear modules are scored (and cached), so other settings reuse the files."""
+    config = DeanConfig(q=q, p=p, num_samples=n, seed=seed, max_length=256)
     records = {k: load_records(v, n=n, seed=seed) for k, v in sources.items()}
     scores = score_datasets_cached(model, tokenizer, records, config, cache_dir, show_progress=show_progress)
-    general = scores.pop("general")
-    mask = select_coupled_neurons(scores, general, q=q, p=p)
+    general = restrict(scores.pop("general"), target_modules)
+    mask = select_coupled_neurons({k: restrict(v, target_modules) for k, v in scores.items()}, general, q=q, p=p)
     row: dict[str, Any] = {"n": n, "q": q, "p": p, "modules": target_modules, "masked": mask.num_masked}
     if mask.num_masked:
         editor = DeanEditor(model)
         editor.add_mask("default", mask, check_base_model=False)
         editor.set_mask("default")
         row.update(measure(model, tokenizer, questions, judge=judge, max_new_tokens=max_new_tokens,
-                           show_progress=show_progress))
+                           batch_size=batch_size, show_progress=show_progress))
         editor.unload()
     return row
 
