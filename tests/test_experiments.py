@@ -68,8 +68,8 @@ def test_score_cache_is_keyed_on_weights(tokenizer, tmp_path):
     stamp = (tmp_path / "fairness.safetensors").stat().st_mtime_ns
     again = score_datasets_cached(make_model("llama"), tokenizer, records, config, tmp_path, show_progress=False)
     assert (tmp_path / "fairness.safetensors").stat().st_mtime_ns == stamp  # same model and data: reused
-    name = next(iter(first))
-    assert torch.equal(again[name], first[name])
+    name = next(iter(first["fairness"]))
+    assert torch.equal(again["fairness"][name], first["fairness"][name])
     other = score_datasets_cached(make_model("llama", seed=9), tokenizer, records, config, tmp_path,
                                   show_progress=False)  # same name, other weights: recomputed
-    assert not torch.equal(other[name], first[name])
+    assert not torch.equal(other["fairness"][name], first["fairness"][name])
