@@ -65,7 +65,7 @@ class ImportanceScores(Mapping):
     @classmethod
     def load(cls, path: str | os.PathLike, *, lazy: bool = False) -> "ImportanceScores":
         """Read a file written by `save`. `lazy=True` reads each module's tensor only when it is accessed
-        (selection then holds one module's scores at a time)."""
+        (selection then holds one module's scores at a time); the file must stay in place, unchanged."""
         tensors, meta = read_safetensors(path, "importance scores", lazy=lazy)
         if meta.get("format") != FORMAT:
             raise DeanError(f"{str(path)!r} holds {meta.get('format')!r}, not importance scores: "
