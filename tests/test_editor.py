@@ -22,6 +22,14 @@ def fitted_mask(model, q=0.05):
     return select_coupled_neurons({"fairness": f, "privacy": p}, g, q=q, p=q)
 
 
+def masked_editor(model):
+    """An editor on `model` with a fitted mask named "default" applied."""
+    editor = DeanEditor(model)
+    editor.add_mask("default", fitted_mask(model))
+    editor.set_mask("default")
+    return editor
+
+
 def state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -103,9 +111,7 @@ def test_several_named_masks():
 
 def test_mask_for_another_model_is_refused_and_changes_nothing(tmp_path):
     model = make_model("llama")
-    editor = DeanEditor(model)
-    editor.add_mask("default", fitted_mask(model))
-    editor.set_mask("default")
+    editor = masked_editor(model)
     editor.save_pretrained(tmp_path / "art")
 
     other = make_model("gpt2")  # other module names
@@ -136,9 +142,7 @@ def test_mask_for_another_model_is_refused_and_changes_nothing(tmp_path):
 
 def test_fingerprint_accepts_bf16_copy_and_merged_copy(tmp_path):
     model = make_model("llama")
-    editor = DeanEditor(model)
-    editor.add_mask("default", fitted_mask(model))
-    editor.set_mask("default")
+    editor = masked_editor(model)
     editor.save_pretrained(tmp_path / "art")
     DeanEditor.from_pretrained(make_model("llama", dtype=torch.bfloat16), tmp_path / "art")
     merged = editor.merge_and_unload()
@@ -161,9 +165,7 @@ def test_fit_end_to_end(tokenizer):
 
 def test_generate_through_editor(tokenizer):
     model = make_model("llama")
-    editor = DeanEditor(model)
-    editor.add_mask("default", fitted_mask(model))
-    editor.set_mask("default")
+    editor = masked_editor(model)
     out = editor.generate(input_ids=IDS, max_new_tokens=3, do_sample=False, pad_token_id=2)
     assert out.shape == (1, IDS.shape[1] + 3)
 
@@ -197,9 +199,7 @@ def test_push_to_hub_one_commit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     model = make_model("llama")
-    editor = DeanEditor(model)
-    editor.add_mask("default", fitted_mask(model))
-    editor.set_mask("default")
+    editor = masked_editor(model)
     assert editor.push_to_hub("user/mask", private=True) == "commit-url"
     assert calls[0][:2] == ("create", "user/mask") and calls[0][2]["private"] is True
     assert calls[1][:3] == ("upload", "user/mask", ["README.md", "dean_config.json", "dean_mask.safetensors"])
@@ -212,9 +212,7 @@ def test_push_to_hub_one_commit(tmp_path, monkeypatch):
 
 def test_from_pretrained_offline_hub_cache(tmp_path, monkeypatch):
     model = make_model("llama")
-    editor = DeanEditor(model)
-    editor.add_mask("default", fitted_mask(model))
-    editor.set_mask("default")
+    editor = masked_editor(model)
     art = tmp_path / "art"
     editor.save_pretrained(art)
     expected = logits(editor.merge_and_unload(), IDS)
