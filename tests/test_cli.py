@@ -92,3 +92,20 @@ def test_user_errors_are_one_line(workspace):
     proc = dean("select", "--scores", w / "nowhere", "--q", 0.1, check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert not (w / "s2").exists()
+
+
+def test_push_stops_at_hfapi(workspace, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    from dean_hf.cli import main
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id)))
+    monkeypatch.setattr(HfApi, "upload_folder",
+                        lambda self, repo_id, folder_path, **kw: calls.append(("upload", repo_id)) or "url")
+    if not (workspace / "mask").is_dir():
+        pytest.skip("needs the artifact of test_score_select_apply_eval")
+    assert main(["push", "--mask", str(workspace / "mask"), "--repo", "me/mask"]) == 0
+    assert calls == [("create", "me/mask"), ("upload", "me/mask")]
+    assert main(["push", "--repo", "me/x"]) == 2
+    assert "exactly one of --mask" in capsys.readouterr().err

@@ -220,3 +220,36 @@ def test_fuzz_config_loader(artifact, tmp_path_factory, key, value):
         assert unchanged(model, before)
         return
     assert editor.active_mask == "default"
+
+
+def test_hub_repo_missing_a_file(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def fake_download(repo_id, filename, **kwargs):
+        raise EntryNotFoundError(f"{filename} not found")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    model = make_model("llama")
+    before = snapshot(model)
+    with pytest.raises(DeanError, match="has no dean_config.json"):
+        DeanEditor.from_pretrained(model, "user/incomplete")
+    assert unchanged(model, before)
+
+
+def test_remote_code_is_off_by_default(monkeypatch, tmp_path):
+    import transformers
+
+    from dean_hf.models import load_model
+
+    seen = {}
+
+    def fake_from_pretrained(path, **kwargs):
+        seen.update(kwargs)
+        return make_model("llama")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    load_model(str(tmp_path))
+    assert seen["trust_remote_code"] is False
+    load_model(str(tmp_path), trust_remote_code=True)
+    assert seen["trust_remote_code"] is True
