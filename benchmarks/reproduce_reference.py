@@ -4,8 +4,8 @@ Before/after, a q x modules sweep, the LoRA SFT baseline (and DEAN after it), ro
 unsafe-only data; all judged by the offline rule judge on SALAD-Bench questions. Writes report.json,
 report.md and PNG plots into --out, and with --table the committed results table.
 
-    python benchmarks/reproduce_reference.py --table benchmarks/RESULTS.md      # full (< 60 min on 2 CPU cores)
-    python benchmarks/reproduce_reference.py --quick                            # minutes, tiny settings
+    cd benchmarks && ../.venv/bin/python reproduce_reference.py --table RESULTS.md   # full (40 min on 2 CPU cores)
+    cd benchmarks && ../.venv/bin/python reproduce_reference.py --quick              # minutes, tiny settings
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> None:
     plots = [plot_awareness(plot_rows, out / "awareness.png", "awareness: base vs DEAN settings"),
              plot_mask_per_layer(default_mask, out / "mask_per_layer.png")]
     minutes = (time.time() - start) / 60
-    command = "python benchmarks/reproduce_reference.py" + (" --quick" if args.quick else "") + \
+    command = "cd benchmarks && ../.venv/bin/python reproduce_reference.py" + (" --quick" if args.quick else "") + \
         (f" --table {args.table}" if args.table else "")
     notes = [judge_note(__import__("dean_hf.eval", fromlist=["RuleJudge"]).RuleJudge()),
              f"{nq} SALAD-Bench questions per dimension (seed 0), greedy, {tokens} new tokens, chat template; "
