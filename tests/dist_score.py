@@ -12,4 +12,5 @@ if __name__ == "__main__":
     scores = score_importance(make_model("llama"), random_examples(7), batch_size=2, show_progress=False)
     if dist.get_rank() == 0:
         scores.save(sys.argv[1])
+    dist.barrier()  # every rank waits for rank 0's file before the group is torn down
     dist.destroy_process_group()
