@@ -47,6 +47,9 @@ class DeanConfig:
                                        metadata={"help": "Names of the target data sets whose top sets intersect."})
     general_dataset: Optional[str] = field(default="general",
                                            metadata={"help": "Name of the general-utility data set (None: none)."})
+    dataset_sources: Optional[dict] = field(
+        default=None, metadata={"help": "Where each data set came from (file path or Hub data set id); Hub ids are "
+                                        "listed in the model card's `datasets` metadata."})
     num_samples: int = field(default=128, metadata={"help": "Samples drawn from each data set for scoring."})
     seed: int = field(default=0, metadata={"help": "Seed of the sample draw."})
     max_length: int = field(default=512, metadata={"help": "Tokens kept per example (prompt + response)."})

@@ -214,9 +214,11 @@ class DeanEditor:
             general_scores = scores.pop(cfg.general_dataset or "general") if general is not None else None
             mask = select_coupled_neurons(scores, general_scores, q=cfg.q, p=cfg.p, legacy=cfg.legacy)
             fingerprint = weight_fingerprint(self._validate(mask))
+        named = {**targets, **({cfg.general_dataset or "general": general} if general is not None else {})}
+        sources = {k: str(v) for k, v in named.items() if isinstance(v, (str, os.PathLike))}
         config = DeanConfig(**{**cfg.to_dict(), "target_datasets": list(targets),
                                "general_dataset": cfg.general_dataset if general is not None else None,
-                               "base_model_fingerprint": fingerprint})
+                               "base_model_fingerprint": fingerprint, "dataset_sources": sources or None})
         self.add_mask(name, mask, config, check_base_model=False)
         self.set_mask(name)
         logger.info("DEAN mask %r: %s weights zeroed", name, hub.fraction_text(mask))

@@ -29,13 +29,19 @@ def _template_path() -> Path:
                     "reinstall dean_hf.")
 
 
+def _is_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/")) and not os.path.exists(name)
+
+
 def render_card(config: DeanConfig, mask: NeuronMask, *, repo_id: Optional[str] = None, merged: bool = False,
                 evaluation: Optional[str] = None, datasets: Optional[list[str]] = None):
     """The model card (a `huggingface_hub.ModelCard`) of a mask or of a merged checkpoint."""
     from huggingface_hub import ModelCard, ModelCardData
 
     base = config.base_model_name_or_path or "unknown"
-    is_hub_id = base.count("/") == 1 and not os.path.exists(base)
+    is_hub_id = _is_hub_id(base)
+    if datasets is None and isinstance(config.dataset_sources, dict):
+        datasets = sorted({str(v) for v in config.dataset_sources.values() if _is_hub_id(str(v))}) or None
     card_data = ModelCardData(
         base_model=base if is_hub_id else None,
         library_name="transformers" if merged else "dean_hf",

@@ -235,3 +235,14 @@ def test_from_pretrained_offline_hub_cache(tmp_path, monkeypatch):
     assert torch.equal(logits(loaded, IDS), expected)
     with pytest.raises(DeanError, match="not in the local cache"):
         DeanEditor.from_pretrained(make_model("llama"), "user/absent")
+
+
+def test_card_lists_hub_datasets(tmp_path):
+    from dean_hf.hub import render_card
+
+    model = make_model("llama")
+    editor = masked_editor(model)
+    config = editor.configs["default"]
+    config.dataset_sources = {"fairness": "PKU-Alignment/BeaverTails", "general": str(tmp_path / "alpaca.csv")}
+    card = str(render_card(config, editor.masks["default"]))
+    assert "datasets:\n- PKU-Alignment/BeaverTails" in card and "alpaca.csv" not in card.split("---")[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -43,7 +44,7 @@ def before_after(editor: DeanEditor, tokenizer: Any, questions: Mapping[str, Seq
     mask: NeuronMask = editor.masks[editor.active_mask]
     results: dict[str, Any] = {}
     for setting in ("before", "after"):
-        ctx = editor.disable_mask() if setting == "before" else _null()
+        ctx = editor.disable_mask() if setting == "before" else nullcontext()
         with ctx:
             aware = evaluate_awareness(editor.model, tokenizer, questions, judge=judge, max_new_tokens=max_new_tokens,
                                        batch_size=batch_size, show_progress=show_progress)
@@ -76,14 +77,6 @@ def before_after(editor: DeanEditor, tokenizer: Any, questions: Mapping[str, Seq
                                  table),
                                 ("Masked weights per module kind", ["module kind", "weights"], kinds)],
                         notes=notes, plots=plots) | {"plots": plots}
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_demo(out_dir: Optional[str | Path] = None, *, model_name: str = "default", n: int = 32, q: float = 1e-3,
