@@ -111,6 +111,12 @@ def test_before_after_report(tokenizer, tmp_path):
     assert "Agreement with a careful reader" in md and "| fairness |" in md
     assert all(p.stat().st_size > 1000 for p in files["plots"])
     assert editor.active_mask == "default"
+    from dean_hf.experiments.demo import evaluation_text
+
+    text = evaluation_text(data)
+    assert "| fairness awareness |" in text and "| perplexity (embedded text) |" in text
+    editor.save_pretrained(tmp_path / "mask", evaluation=text)
+    assert "| fairness awareness |" in (tmp_path / "mask" / "README.md").read_text()
 
 
 def test_evaluate_awareness_generates(tokenizer):

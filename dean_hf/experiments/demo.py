@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import nullcontext
 from importlib import resources
@@ -79,6 +80,20 @@ def before_after(editor: DeanEditor, tokenizer: Any, questions: Mapping[str, Seq
                         notes=notes, plots=plots) | {"plots": plots}
 
 
+def evaluation_text(report: Mapping[str, Any]) -> str:
+    """The model card's evaluation section from a `before_after` report."""
+    results = report["results"]
+    lines = ["Measured by `dean demo` (embedded questions, offline rule judge, greedy decoding):", "",
+             "| metric | before | after | n |", "|---|---|---|---|"]
+    for dim, before in results["before"]["awareness"].items():
+        lines.append(f"| {dim} awareness | {before['rate']:.3f} | {results['after']['awareness'][dim]['rate']:.3f} "
+                     f"| {before['n']} |")
+    ppl = (results["before"]["perplexity"], results["after"]["perplexity"])
+    lines += [f"| perplexity (embedded text) | {ppl[0]['perplexity']:.2f} | {ppl[1]['perplexity']:.2f} | "
+              f"{ppl[0]['tokens']} tokens |", "", judge_note(RuleJudge())]
+    return "\n".join(lines)
+
+
 def run_demo(out_dir: Optional[str | Path] = None, *, model_name: str = "default", n: int = 32, q: float = 1e-3,
              p: float = 1e-3, target_modules: str = "mlp", max_new_tokens: int = 64, batch_size: int = 4,
              show_progress: bool = True) -> dict[str, Path]:
@@ -100,4 +115,5 @@ def run_demo(out_dir: Optional[str | Path] = None, *, model_name: str = "default
     files = before_after(editor, tokenizer, embedded_questions(), out, max_new_tokens=max_new_tokens,
                          show_progress=show_progress, extra={"scores": {k: dict(v.metadata) for k, v in
                                                                         {**scores, "general": general}.items()}})
+    editor.save_pretrained(out / "mask", evaluation=evaluation_text(json.loads(files["json"].read_text())))
     return {"run": out, "mask": out / "mask", "scores": out / "scores", **files}
