@@ -1,7 +1,9 @@
-"""The main job's stages strung together: data sets -> scores -> mask."""
+"""The main job's stages strung together: data sets -> scores (cached) -> mask."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -13,45 +15,13 @@ from .data import build_examples, load_records
 from .errors import DeanError
 from .fingerprint import weight_fingerprint
 from .logging import get_logger
-from .scoring import ImportanceScores, score_importance
+from .scoring import ImportanceScores, data_fingerprint, score_importance
 from .targets import find_target_modules
 
 logger = get_logger(__name__)
 
 
-def score_dataset(model: nn.Module, tokenizer: Any, source: Any, config: DeanConfig, *, name: str = "data",
-                  show_progress: bool = True, **load_kwargs: Any) -> ImportanceScores:
-    """Draw `config.num_samples` records of `source`, tokenize them and score the model on them."""
-    records = load_records(source, n=config.num_samples, seed=config.seed, **load_kwargs)
-    examples = build_examples(records, tokenizer, chat_template=config.chat_template, max_length=config.max_length)
-    scores = score_importance(model, examples, target_modules=config.target_modules, scorer=config.scorer,
-                              batch_size=config.batch_size, show_progress=show_progress,
-                              description=f"scoring {name}")
-    meta = {**scores.metadata, "dataset": name, "num_truncated": examples.num_truncated,
-            "num_dropped": examples.num_dropped, "seed": config.seed, "max_length": config.max_length,
-            "chat_template": config.chat_template}
-    return ImportanceScores(dict(scores), meta)
-
-
-def score_datasets(model: nn.Module, tokenizer: Any, targets: Mapping[str, Any], general: Optional[Any],
-                   config: DeanConfig, *, show_progress: bool = True) -> dict[str, ImportanceScores]:
-    """Scores of every target data set and (under `config.general_dataset`) the general one."""
-    if not isinstance(targets, Mapping) or not targets:
-        raise DeanError("targets is empty: pass {'fairness': data, 'privacy': data}.")
-    sources = dict(targets)
-    if general is not None:
-        key = config.general_dataset or "general"
-        if key in sources:
-            raise DeanError(f"a target data set is named {key!r}, the name of the general data set: rename it.")
-        sources[key] = general
-    return {name: score_dataset(model, tokenizer, src, config, name=name, show_progress=show_progress)
-            for name, src in sources.items()}
-
-
 def _cache_key(model: nn.Module, fingerprint: str, config: DeanConfig) -> str:
-    import hashlib
-    import json
-
     cfg = getattr(model, "config", None)
     weights = weight_fingerprint(find_target_modules(model, config.target_modules))  # a fine-tuned copy differs
     parts = {"model": getattr(cfg, "_name_or_path", None) or type(model).__name__,
@@ -61,21 +31,20 @@ def _cache_key(model: nn.Module, fingerprint: str, config: DeanConfig) -> str:
 
 
 def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str, Any], config: DeanConfig,
-                          out_dir: str | os.PathLike, *, show_progress: bool = True) -> dict[str, ImportanceScores]:
-    """Score each named set of drawn records (see `load_records`) into `out_dir/NAME.safetensors`, reusing a
-    file made from the same model, tokenized data and options instead of recomputing it.
+                          out_dir: Optional[str | os.PathLike] = None, *,
+                          show_progress: bool = True) -> dict[str, ImportanceScores]:
+    """Score each named set of drawn records (see `load_records`).
 
-    Each set is written as soon as it is scored and returned lazily loaded, so only one set of scores is
-    in memory at a time (selection then reads one module at a time)."""
-    from .scoring import data_fingerprint
-
-    out = Path(out_dir)
+    With `out_dir`, each set goes to `out_dir/NAME.safetensors` as soon as it is scored and is returned
+    lazily loaded (one set of scores in memory at a time); a file made from the same model, tokenized data
+    and options is reused instead of recomputed. Without it, the scores stay in memory.
+    """
     results = {}
     for name, drawn in records.items():
         examples = build_examples(drawn, tokenizer, chat_template=config.chat_template, max_length=config.max_length)
         key = _cache_key(model, data_fingerprint([(e["input_ids"], e["labels"]) for e in examples]), config)
-        path = out / f"{name}.safetensors"
-        if path.is_file():
+        path = Path(out_dir) / f"{name}.safetensors" if out_dir is not None else None
+        if path is not None and path.is_file():
             try:
                 cached = ImportanceScores.load(path, lazy=True)
             except DeanError:
@@ -90,8 +59,29 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str
         meta = {**scores.metadata, "dataset": name, "cache_key": key, "num_truncated": examples.num_truncated,
                 "num_dropped": examples.num_dropped, "seed": config.seed, "max_length": config.max_length,
                 "chat_template": config.chat_template}
-        ImportanceScores(dict(scores), meta).save(path)
+        scores = ImportanceScores(dict(scores), meta)
+        if path is None:
+            results[name] = scores
+            continue
+        scores.save(path)
         del scores
         results[name] = ImportanceScores.load(path, lazy=True)
     return results
 
+
+def score_datasets(model: nn.Module, tokenizer: Any, targets: Mapping[str, Any], general: Optional[Any],
+                   config: DeanConfig, *, show_progress: bool = True,
+                   cache_dir: Optional[str | os.PathLike] = None) -> dict[str, ImportanceScores]:
+    """Draw `config.num_samples` records of every target data set and (under `config.general_dataset`) the
+    general one, and score the model on each."""
+    if not isinstance(targets, Mapping) or not targets:
+        raise DeanError("targets is empty: pass {'fairness': data, 'privacy': data}.")
+    sources = dict(targets)
+    if general is not None:
+        key = config.general_dataset or "general"
+        if key in sources:
+            raise DeanError(f"a target data set is named {key!r}, the name of the general data set: rename it.")
+        sources[key] = general
+    # Every data set is read (and checked) before any scoring starts.
+    records = {name: load_records(src, n=config.num_samples, seed=config.seed) for name, src in sources.items()}
+    return score_datasets_cached(model, tokenizer, records, config, cache_dir, show_progress=show_progress)
