@@ -18,16 +18,12 @@ def _positions(numel: int) -> list[int]:
     return sorted({(i * 2654435761 + 7) % numel for i in range(PROBES)})
 
 
-def weight_fingerprint(modules: Mapping[str, nn.Module], skip: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Probe values of each module's weight at a few fixed positions (masked positions excluded)."""
+def weight_fingerprint(modules: Mapping[str, nn.Module]) -> dict[str, Any]:
+    """Probe values of each module's weight at a few fixed positions (take it on the original weights)."""
     probes = {}
     for name, module in modules.items():
         flat = module.weight.detach().reshape(-1)
-        pos = _positions(flat.numel())
-        if skip is not None and name in skip and skip[name].numel():
-            masked = set(skip[name].tolist()) if skip[name].numel() < 1_000_000 else set()
-            pos = [i for i in pos if i not in masked]
-        probes[name] = {str(i): float(flat[i].float()) for i in pos}
+        probes[name] = {str(i): float(flat[i].float()) for i in _positions(flat.numel())}
     return {"probes": probes}
 
 

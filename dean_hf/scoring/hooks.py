@@ -15,10 +15,11 @@ from .scorers import Scorer
 class _BatchState:
     """What the hooks need to know about the batch being run."""
 
-    token_mask: torch.Tensor | None = None
-    lengths: list[int] = []
-    batch_size: int = 0
-    nonfinite: str | None = None  # name of a module whose output gradient was NaN/inf in this batch
+    def __init__(self) -> None:
+        self.token_mask: torch.Tensor | None = None
+        self.lengths: list[int] = []
+        self.batch_size = 0
+        self.nonfinite: str | None = None  # a module whose output gradient was NaN/inf in this batch
 
 
 class _ScoreHook:
@@ -26,6 +27,7 @@ class _ScoreHook:
 
     def __init__(self, name: str, scorer: Scorer, acc: torch.Tensor, state: _BatchState):
         self.name, self.scorer, self.acc, self.state = name, scorer, acc, state
+        self.uses_forward = type(scorer).on_forward is not Scorer.on_forward  # SNIP: no per-call mask work
 
     def _per_sample(self, t: torch.Tensor) -> torch.Tensor:
         batch = self.state.batch_size
@@ -38,7 +40,7 @@ class _ScoreHook:
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         x = self._per_sample(args[0].detach())
-        if self.scorer.on_forward is not Scorer.on_forward:
+        if self.uses_forward:
             mask = self.state.token_mask
             self.scorer.on_forward(module, self.acc, x, mask.reshape(x.shape[0], -1).to(x.device))
         if self.scorer.needs_backward and isinstance(output, torch.Tensor) and output.requires_grad:
