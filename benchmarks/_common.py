@@ -18,25 +18,40 @@ def peak_rss_mib() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
 
-def load(quick: bool, model_name: str = "default"):
-    """(model, tokenizer) — a tiny random Llama with a byte tokenizer in quick mode, else `model_name`."""
-    from dean_hf.models import load_model, load_tokenizer
-
+def load_tokenizer(quick: bool, model_name: str = "default"):
+    """The tokenizer of `model_name`, or in quick mode a byte-level BPE trained on the test suite's corpus."""
     if not quick:
-        return load_model(model_name, dtype="float32"), load_tokenizer(model_name)
+        from dean_hf.models import load_tokenizer as load_named
+
+        return load_named(model_name)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import CORPUS, make_model  # the test suite's tiny model
+    from conftest import CHAT_TEMPLATE, CORPUS, VOCAB  # the test suite's tiny setting
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
-
-    from conftest import CHAT_TEMPLATE, VOCAB
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(CORPUS * 4, vocab_size=VOCAB, min_frequency=1,
                             special_tokens=["<|im_start|>", "<|im_end|>", "<pad>"])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>", pad_token="<pad>")
     tok.chat_template = CHAT_TEMPLATE
-    return make_model("llama"), tok
+    return tok
+
+
+def load_model(quick: bool, model_name: str = "default", dtype: str = "float32"):
+    """`model_name` in `dtype`, or in quick mode the test suite's tiny random Llama."""
+    if not quick:
+        from dean_hf.models import load_model as load_named
+
+        return load_named(model_name, dtype=dtype)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import make_model
+
+    return make_model("llama").to(getattr(torch, dtype))
+
+
+def load(quick: bool, model_name: str = "default"):
+    """(model, tokenizer) — a tiny random Llama with a byte tokenizer in quick mode, else `model_name`."""
+    return load_model(quick, model_name), load_tokenizer(quick, model_name)
 
 
 def data_source(name: str):
@@ -55,13 +70,71 @@ def examples(tokenizer, name: str, n: int, max_length: int = 256):
     return build_examples(load_records(data_source(name), n=n, seed=0), tokenizer, max_length=max_length)
 
 
+# 7B-class architectures built from their published configuration with random weights (nothing to download).
+# `load_arch(..., quick=True)` shrinks the widths and depth but keeps the code path, so CI runs it.
+ARCHS = {
+    "qwen2-7b": ("qwen2", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                               num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+                               max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False)),
+    "llama3-8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                                max_position_embeddings=8192, rope_theta=5e5, tie_word_embeddings=False)),
+}
+
+
+def load_arch(name: str, *, dtype: str, device: str, layers: int | None = None, quick: bool = False):
+    """A model of architecture `name` (see ARCHS) with random weights, in `dtype` on `device`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_type, values = ARCHS[name]
+    values = dict(values)
+    if quick:
+        values.update(hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,
+                      vocab_size=1000, num_hidden_layers=2)
+    if layers:
+        values["num_hidden_layers"] = layers
+    config = AutoConfig.for_model(model_type, **values)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    return model.eval()
+
+
+def synthetic_examples(vocab_size: int, n: int, *, seed: int = 0, min_len: int = 64, max_len: int = 256):
+    """`n` random-token examples of lengths spread over [min_len, max_len], the first third a prompt (-100)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
+        ids = torch.randint(3, vocab_size, (length,), generator=g).tolist()
+        prompt = length // 3
+        out.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return out
+
+
 class Timer:
+    """Wall-clock seconds of a block (after the device's queued work), with the page faults and system CPU
+    time it caused."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def __enter__(self):
+        self._sync()
+        self._usage = resource.getrusage(resource.RUSAGE_SELF)
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
+        self._sync()
         self.seconds = time.perf_counter() - self.start
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.faults = usage.ru_minflt - self._usage.ru_minflt
+        self.sys_seconds = usage.ru_stime - self._usage.ru_stime
         return False
 
 

@@ -4,6 +4,8 @@ Prints ratios measured in one run (absolute seconds are not stable on a shared m
 
     python benchmarks/bench_scoring.py            # SmolLM2-135M-Instruct, reference data, n=16
     python benchmarks/bench_scoring.py --quick    # tiny random model, seconds (CI)
+    python benchmarks/bench_scoring.py --arch qwen2-7b --device cuda --dtype bfloat16 --n 64
+                                                  # a 7B-class model from its config, random weights
 """
 
 from __future__ import annotations
@@ -12,31 +14,32 @@ import argparse
 
 import torch
 
-from _common import Timer, examples, fmt, load, peak_rss_mib
+from _common import ARCHS, Timer, examples, fmt, load, load_arch, peak_rss_mib, synthetic_examples
 from dean_hf import score_importance
-from dean_hf.scoring.engine import _collate, per_sample_loss
+from dean_hf.scoring import forward_loss
+from dean_hf.scoring.engine import _batches, _check_examples, _collate
 from dean_hf.targets import find_target_modules
 
 
-def bare_loop(model, exs, batch_size: int) -> None:
-    """(a) the floor: forward + backward over the same batches, every target weight's gradient, no hooks."""
+def bare_loop(model, exs, batch_size: int, device) -> None:
+    """(a) the floor: forward + backward over the same batches (same length grouping, same loss), every
+    target weight's gradient, no hooks."""
     targets = {m.weight for m in find_target_modules(model, "all-linear").values()}
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(p in targets)
-    data = [(e["input_ids"], e["labels"]) for e in exs]
+    data = _check_examples(exs)
     try:
-        for start in range(0, len(data), batch_size):
-            ids, labels, mask = _collate(data, list(range(start, min(start + batch_size, len(data)))), 0,
-                                         torch.device("cpu"))
-            per_sample_loss(model(input_ids=ids, attention_mask=mask).logits, labels).sum().backward()
+        for idx in _batches(data, batch_size, True):
+            ids, labels, mask = _collate(data, idx, 0, device)
+            forward_loss(model, ids, labels, mask).sum().backward()
             model.zero_grad(set_to_none=True)
     finally:
         for p, f in flags.items():
             p.requires_grad_(f)
 
 
-def reference_schedule(model, exs, layers: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+def reference_schedule(model, exs, layers: dict[str, list[str]], device) -> dict[str, torch.Tensor]:
     """(c) the reference code's schedule: a full pass over the data per layer, only that layer's weights with
     gradients (so each backward stops at that layer), one backward per sample, |grad| summed."""
     modules = dict(model.named_modules())
@@ -51,63 +54,89 @@ def reference_schedule(model, exs, layers: dict[str, list[str]]) -> dict[str, to
                 w.requires_grad_(True)
             acc = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
             for e in exs:
-                loss = model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]])).loss
-                loss.backward()
+                ids, labels = (torch.tensor([e[k]], device=device) for k in ("input_ids", "labels"))
+                model(input_ids=ids, labels=labels).loss.backward()
                 for n, w in weights.items():
-                    acc[n] += w.grad.abs()
+                    acc[n] += w.grad.float().abs()
                     w.grad = None
-            out.update({n: acc[n] * w.detach().abs() for n, w in weights.items()})
+            out.update({n: acc[n] * w.detach().float().abs() for n, w in weights.items()})
     finally:
         for p, f in flags.items():
             p.requires_grad_(f)
     return out
 
 
+def max_relative_difference(a, b, names) -> float:
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max()).item() for k in names)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny random model (seconds)")
-    parser.add_argument("--model", default="default")
+    parser.add_argument("--quick", action="store_true", help="tiny model (seconds); with --arch, a shrunken one")
+    parser.add_argument("--model", default="default", help="a model name or folder (ignored with --arch)")
+    parser.add_argument("--arch", choices=sorted(ARCHS), default=None,
+                        help="build this architecture from its config with random weights; synthetic data")
+    parser.add_argument("--layers", type=int, default=None, help="with --arch: this many decoder layers")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--batch-sizes", default="1,4,8")
     parser.add_argument("--reference-layers", type=int, default=1, help="decoder layers run with the reference "
                                                                         "schedule, then extrapolated")
     args = parser.parse_args()
-    model, tokenizer = load(args.quick, args.model)
-    model.eval()
     n = 6 if args.quick else args.n
-    exs = examples(tokenizer, "privacy", n)
-    fp32_mib = sum(p.numel() for p in model.parameters()) * 4 / 2**20
-    bare_loop(model, exs[:2], 1)  # warm-up
+    if args.arch:
+        model = load_arch(args.arch, dtype=args.dtype, device=args.device, layers=args.layers, quick=args.quick)
+        exs = synthetic_examples(model.config.vocab_size, n, min_len=16 if args.quick else 64,
+                                 max_len=64 if args.quick else 256)
+    else:
+        model, tokenizer = load(args.quick, args.model)
+        model.to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
+        exs = examples(tokenizer, "privacy", n)
+    device = torch.device(args.device)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: {args.arch or args.model}{' (quick)' if args.quick else ''}, {params / 1e6:.1f}M parameters, "
+          f"{args.dtype} on {device}; {n} samples of {min(len(e['input_ids']) for e in exs)}-"
+          f"{max(len(e['input_ids']) for e in exs)} tokens")
+    bare_loop(model, exs[:2], 1, device)  # warm-up
+    score_importance(model, exs[:2], show_progress=False)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    with Timer() as floor:
-        bare_loop(model, exs, 1)
-    results = {}
-    for bs in sizes:
-        with Timer() as t:
-            results[bs] = score_importance(model, exs, batch_size=bs, show_progress=False)
-        print(f"(b) score_importance batch {bs}: {fmt(n / t.seconds)} samples/s; (b)/(a) = {fmt(t.seconds / floor.seconds)}")
-        if bs == 1:
-            b1 = t.seconds
-        else:
-            diff = max(((results[bs][k] - results[1][k]).abs().max() / results[1][k].abs().max()).item()
-                       for k in results[1])
-            print(f"    batch {bs} vs batch 1: max relative score difference {diff:.1e}; speed-up "
-                  f"{fmt(b1 / t.seconds)}x")
-    targets = list(results[1])
-    per_layer = {}
-    for name in targets:
+    names = list(find_target_modules(model, "all-linear"))
+    per_layer: dict[str, list[str]] = {}
+    for name in names:
         per_layer.setdefault(name.split(".mlp")[0].split(".self_attn")[0], []).append(name)
     # The last layers: their backward is the shortest, so the linear extrapolation is conservative.
     chosen_layers = {k: per_layer[k] for k in list(per_layer)[-args.reference_layers:]}
-    chosen = [m for names in chosen_layers.values() for m in names]
-    with Timer() as ref:
-        ref_scores = reference_schedule(model, exs, chosen_layers)
+    kept = [m for names_ in chosen_layers.values() for m in names_] + per_layer[next(iter(per_layer))]
+    results, seconds = {}, {}
+    for bs in sizes:
+        with Timer(device) as floor:
+            bare_loop(model, exs, bs, device)
+        with Timer(device) as t:
+            scores = score_importance(model, exs, batch_size=bs, show_progress=False)
+        results[bs] = {k: scores[k] for k in kept}  # the rest is freed now (a 7B model's scores are 26 GB)
+        del scores
+        seconds[bs] = t.seconds
+        print(f"batch {bs}: (b) score_importance {fmt(n / t.seconds)} samples/s, (a) bare forward+backward "
+              f"{fmt(n / floor.seconds)} samples/s; (b)/(a) = {fmt(t.seconds / floor.seconds)}; page faults "
+              f"{t.faults} / {floor.faults}, system CPU {fmt(t.sys_seconds)} s / {fmt(floor.sys_seconds)} s")
+    first = sizes[0]
+    for bs in sizes[1:]:
+        print(f"    batch {bs} vs batch {first}: samples/s x{fmt(seconds[first] / seconds[bs])}; max relative score "
+              f"difference {max_relative_difference(results[bs], results[first], kept):.1e}")
+    with Timer(device) as ref:
+        ref_scores = reference_schedule(model, exs, chosen_layers, device)
     extrapolated = ref.seconds / len(chosen_layers) * len(per_layer)
-    diff = max(((ref_scores[k] - results[1][k]).abs().max() / results[1][k].abs().max()).item() for k in chosen)
-    print(f"(a) bare forward+backward, batch 1: {fmt(n / floor.seconds)} samples/s")
+    chosen = [m for names_ in chosen_layers.values() for m in names_]
     print(f"(c) reference schedule on {len(chosen_layers)} of {len(per_layer)} layers ({len(chosen)} modules), "
-          f"extrapolated linearly to all: (c)/(b) = {fmt(extrapolated / b1)} (extrapolated)")
-    print(f"    reference vs dean_hf scores on those modules: max relative difference {diff:.1e}")
+          f"extrapolated linearly to all: (c)/(b) = {fmt(extrapolated / seconds[first])} (extrapolated, "
+          f"against batch {first})")
+    print(f"    reference vs dean_hf scores on those modules: max relative difference "
+          f"{max_relative_difference(ref_scores, results[first], chosen):.1e}")
+    if device.type == "cuda":
+        print(f"peak GPU memory {fmt(torch.cuda.max_memory_allocated(device) / 2**30)} GiB; "
+              f"{torch.cuda.get_device_name(device)}")
+    fp32_mib = params * 4 / 2**20
     print(f"peak RSS {fmt(peak_rss_mib())} MiB = {fmt(peak_rss_mib() / fp32_mib)} x the model's fp32 size "
           f"({fmt(fp32_mib)} MiB)")
 

@@ -5,7 +5,7 @@ import torch
 
 from conftest import make_model, random_examples
 from dean_hf import DeanError, ImportanceScores, score_importance
-from dean_hf.scoring import available_scorers, per_sample_loss
+from dean_hf.scoring import available_scorers, forward_loss, loss_positions, per_sample_loss
 from dean_hf.targets import find_target_modules, is_conv1d
 
 
@@ -175,6 +175,67 @@ def test_per_sample_loss_large_vocab():
     for i in range(2):
         hf = torch.nn.functional.cross_entropy(logits[i, :-1], labels[i, 1:], ignore_index=-100)
         assert abs(mine[i].item() - hf.item()) < 1e-6 * hf.item()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma"])
+def test_forward_loss_computes_logits_only_where_the_loss_reads(arch):
+    model = make_model(arch)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 0, 0]])
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0, 0]])
+    labels = torch.tensor([[-100, -100, -100, -100, 9, 10, 11], [-100, -100, 14, 15, 16, -100, -100]])
+    assert loss_positions(labels).tolist() == [1, 2, 3, 4, 5]  # before a response token of either sample
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.shape[1]))
+    try:
+        with torch.no_grad():
+            trimmed = forward_loss(model, ids, labels, mask)
+            full = forward_loss(model, ids, labels, mask, trim_logits=False)
+            reference = per_sample_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
+    finally:
+        hook.remove()
+    assert seen[:2] == [5, 7]
+    torch.testing.assert_close(trimmed, reference, rtol=1e-6, atol=0)
+    torch.testing.assert_close(full, reference, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("scale", [4.0, 12.0])
+def test_fused_loss_gradient_is_exact(scale):
+    from dean_hf.scoring.loss import _CHUNK_ELEMENTS, _FusedTokenNLL
+
+    g = torch.Generator().manual_seed(0)
+    rows = 2 * _CHUNK_ELEMENTS // 49152 + 7  # several chunks, the last one partial
+    logits = (torch.randn(rows, 49152, generator=g) * scale).requires_grad_(True)
+    targets = torch.randint(0, 49152, (rows,), generator=g)
+    targets[1::2] = logits.detach()[1::2].argmax(1)  # confident rows: softmax - 1 loses precision easily
+    targets[::5] = -100
+    weights = torch.rand(rows, generator=g)
+    exact = logits.detach().double().requires_grad_(True)
+    expected = torch.nn.functional.cross_entropy(exact, targets, ignore_index=-100, reduction="none")
+    (expected_grad,) = torch.autograd.grad((expected * weights.double()).sum(), exact)
+    mine = _FusedTokenNLL.apply(logits, targets)
+    (grad,) = torch.autograd.grad((mine * weights).sum(), logits, retain_graph=True)
+    torch.testing.assert_close(mine.double(), expected, rtol=1e-6, atol=1e-5)
+    assert (grad.double() - expected_grad).abs().max().item() < 1e-6  # torch's own fp32 CE is off by ~1e-5 here
+    assert bool((grad[::5] == 0).all())
+    with pytest.raises(RuntimeError, match="one backward"):
+        torch.autograd.grad((mine * weights).sum(), logits)
+
+
+def test_scored_lm_head_sees_every_position():
+    model = make_model("llama")
+    examples = random_examples(3)
+    names = ["lm_head", "model.layers.0.mlp.down_proj"]
+    scores = score_importance(model, examples, target_modules=names, scorer="wanda", show_progress=False)
+    x = []
+    hook = model.lm_head.register_forward_hook(lambda m, a, out: x.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    try:
+        with torch.no_grad():
+            for ex in examples:
+                model(input_ids=torch.tensor([ex["input_ids"]]))
+    finally:
+        hook.remove()
+    norms = torch.cat(x).pow(2).sum(0).sqrt()
+    torch.testing.assert_close(scores["lm_head"], model.lm_head.weight.detach().abs() * norms[None, :])
 
 
 def test_scores_round_trip(tmp_path):

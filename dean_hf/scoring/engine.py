@@ -6,7 +6,6 @@ import hashlib
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -16,6 +15,7 @@ from ..fingerprint import weight_fingerprint
 from ..logging import get_logger
 from ..targets import TargetModules, find_target_modules
 from .hooks import scoring_hooks
+from .loss import forward_loss
 from .scorers import get_scorer
 from .scores import ImportanceScores
 
@@ -81,18 +81,6 @@ def _collate(examples, idx: list[int], pad_id: int, device: torch.device):
     return ids.to(device), labels.to(device), mask.to(device)
 
 
-def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean token NLL of each sample over its response tokens (labels != -100), as HF's causal-LM loss."""
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:].to(logits.device)
-    # Flat (tokens, vocab) layout, as HF's loss: torch's (batch, vocab, tokens) path is less precise on CPU
-    # (errors of ~1e-4 per token with a 49k vocabulary).
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                          reduction="none").view(targets.shape)
-    counts = (targets != -100).sum(1)
-    return nll.sum(1) / counts
-
-
 def _input_device(model: nn.Module) -> torch.device:
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
@@ -117,6 +105,8 @@ def _run_pass(model, data, shard: list[int], modules, score_fn, accumulators, *,
               group_by_length: bool, pad_id: int, device, show_progress: bool, description: str) -> int:
     """One pass over this process's samples with hooks on `modules`; returns the response tokens seen."""
     num_tokens = 0
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    trim = not any(m is head for m in modules.values())  # a scored LM head must see every position
     with scoring_hooks(model, modules, score_fn, accumulators) as state:
         batches = [[shard[i] for i in b] for b in _batches([data[i] for i in shard], batch_size, group_by_length)]
         for idx in tqdm(batches, desc=description, unit="batch", disable=not show_progress):
@@ -124,15 +114,14 @@ def _run_pass(model, data, shard: list[int], modules, score_fn, accumulators, *,
             state.batch_size, state.token_mask, state.lengths = len(idx), mask, mask.sum(1).tolist()
             grad_ctx = torch.enable_grad() if score_fn.needs_backward else torch.no_grad()
             with grad_ctx:
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                losses = per_sample_loss(logits, labels)
+                losses = forward_loss(model, ids, labels, mask, trim_logits=trim)  # holds no reference to the logits
                 bad = ~torch.isfinite(losses)
                 if bad.any():
                     raise DeanError(f"the loss of sample {idx[int(bad.nonzero()[0])]} is {losses[bad][0].item()}: "
                                     "the model overflows on it (try float32) or the sample is broken.")
                 if score_fn.needs_backward:
                     losses.sum().backward()
-                del logits, losses
+                del losses
             if state.nonfinite is not None:
                 raise DeanError(f"non-finite gradient at module {state.nonfinite!r} while scoring sample(s) {idx}: "
                                 "the model overflows (fp16?); score in float32 or bfloat16, or drop those samples.")
