@@ -33,6 +33,7 @@ test: install
 # The benchmarks' quick modes (tiny model or tiny settings): seconds to minutes, run by CI so they cannot rot.
 bench-quick: install
 	cd benchmarks && $(abspath $(BIN))/python bench_scoring.py --quick
+	cd benchmarks && $(abspath $(BIN))/python bench_scoring.py --quick --arch qwen2-7b --dtype bfloat16
 	cd benchmarks && $(abspath $(BIN))/python bench_memory.py --quick
 	cd benchmarks && $(abspath $(BIN))/python bench_select.py --quick
 	cd benchmarks && $(abspath $(BIN))/python reproduce_reference.py --quick --out $(abspath dean_runs/reference-quick)

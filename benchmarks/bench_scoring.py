@@ -137,7 +137,8 @@ def main() -> None:
         print(f"peak GPU memory {fmt(torch.cuda.max_memory_allocated(device) / 2**30)} GiB; "
               f"{torch.cuda.get_device_name(device)}")
     fp32_mib = params * 4 / 2**20
-    print(f"peak RSS {fmt(peak_rss_mib())} MiB = {fmt(peak_rss_mib() / fp32_mib)} x the model's fp32 size "
+    print(f"peak RSS of this process (every batch size, the bare loop's weight gradients included; see bench_memory.py "
+          f"for the memory target) {fmt(peak_rss_mib())} MiB = {fmt(peak_rss_mib() / fp32_mib)} x the model's fp32 size "
           f"({fmt(fp32_mib)} MiB)")
 
 
