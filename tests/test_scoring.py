@@ -221,6 +221,43 @@ def test_fused_loss_gradient_is_exact(scale):
         torch.autograd.grad((mine * weights).sum(), logits)
 
 
+def test_forward_loss_with_a_model_that_mishandles_logits_to_keep():
+    inner = make_model("llama")
+
+    class Keeps(torch.nn.Module):
+        def __init__(self, how):
+            super().__init__()
+            self.inner, self.how = inner, how
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, input_ids, attention_mask=None, use_cache=None, logits_to_keep=0):
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+            if self.how == "last-two" and isinstance(logits_to_keep, torch.Tensor):  # reads it its own way
+                out.logits = out.logits[:, -2:]
+            return out
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    labels = torch.tensor([[-100, -100, -100, 8, 9, 10]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        expected = per_sample_loss(inner(input_ids=ids).logits, labels)
+        torch.testing.assert_close(forward_loss(Keeps("ignores"), ids, labels, mask), expected)  # every position
+        with pytest.raises(DeanError, match="returned logits for 2 positions when asked for 3 of 6"):
+            forward_loss(Keeps("last-two"), ids, labels, mask)
+    model = make_model("llama")
+    examples = random_examples(3)
+    wrapped = Keeps("last-two")
+    wrapped.inner = model
+    with pytest.raises(DeanError, match="trim_logits=False"):
+        score_importance(wrapped, examples, target_modules=["inner.model.layers.0.mlp.up_proj"], show_progress=False)
+    untrimmed = score_importance(wrapped, examples, target_modules=["inner.model.layers.0.mlp.up_proj"],
+                                 trim_logits=False, show_progress=False)
+    plain = score_importance(model, examples, target_modules=["model.layers.0.mlp.up_proj"], show_progress=False)
+    torch.testing.assert_close(untrimmed["inner.model.layers.0.mlp.up_proj"], plain["model.layers.0.mlp.up_proj"])
+
+
 def test_scored_lm_head_sees_every_position():
     model = make_model("llama")
     examples = random_examples(3)

@@ -102,11 +102,12 @@ def _distributed(distributed: Optional[bool]) -> tuple[int, int]:
 
 
 def _run_pass(model, data, shard: list[int], modules, score_fn, accumulators, *, batch_size: int,
-              group_by_length: bool, pad_id: int, device, show_progress: bool, description: str) -> int:
+              group_by_length: bool, trim_logits: bool, pad_id: int, device, show_progress: bool,
+              description: str) -> int:
     """One pass over this process's samples with hooks on `modules`; returns the response tokens seen."""
     num_tokens = 0
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    trim = not any(m is head for m in modules.values())  # a scored LM head must see every position
+    trim = trim_logits and not any(m is head for m in modules.values())  # a scored LM head sees every position
     with scoring_hooks(model, modules, score_fn, accumulators) as state:
         batches = [[shard[i] for i in b] for b in _batches([data[i] for i in shard], batch_size, group_by_length)]
         for idx in tqdm(batches, desc=description, unit="batch", disable=not show_progress):
@@ -138,6 +139,7 @@ def score_importance(
     batch_size: int = 1,
     group_by_length: bool = True,
     modules_per_pass: Optional[int] = None,
+    trim_logits: bool = True,
     distributed: Optional[bool] = None,
     show_progress: bool = True,
     description: str = "scoring",
@@ -151,7 +153,9 @@ def score_importance(
 
     `group_by_length` batches samples of similar length together (less padding; same scores).
     `modules_per_pass` is the low-memory path: that many modules' accumulators at a time, one pass
-    over the data per group, each group's scores moved to the CPU when done. Under torch.distributed
+    over the data per group, each group's scores moved to the CPU when done. `trim_logits` computes
+    logits only at the positions the loss reads, for models whose forward takes `logits_to_keep` (set it
+    to False for a model that reads that argument its own way). Under torch.distributed
     (`distributed=None` detects it), each process scores its share of the samples and the
     accumulators are summed with one all-reduce: every rank gets the single-process scores.
     """
@@ -180,7 +184,7 @@ def score_importance(
             accumulators = {n: score_fn.init(m) for n, m in sub.items()}
             desc = description if len(groups) == 1 else f"{description} ({number + 1}/{len(groups)})"
             tokens = _run_pass(model, data, shard, sub, score_fn, accumulators, batch_size=batch_size,
-                               group_by_length=group_by_length, pad_id=pad_id, device=device,
+                               group_by_length=group_by_length, trim_logits=trim_logits, pad_id=pad_id, device=device,
                                show_progress=show_progress and rank == 0, description=desc)
             num_tokens = tokens if number == 0 else num_tokens
             if world > 1:

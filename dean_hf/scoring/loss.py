@@ -48,9 +48,14 @@ def forward_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, mask
     kwargs: dict[str, Any] = {} if positions is None else {"logits_to_keep": positions.to(ids.device)}
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
     if positions is not None and logits.shape[1] != len(positions):
-        raise DeanError(f"{type(model).__name__} returned logits for {logits.shape[1]} positions when asked for "
-                        f"{len(positions)} (logits_to_keep): its forward does not support a tensor there. "
-                        "Please report it with the model's name.")
+        if logits.shape[1] != ids.shape[1]:
+            raise DeanError(f"{type(model).__name__} returned logits for {logits.shape[1]} positions when asked for "
+                            f"{len(positions)} of {ids.shape[1]} (logits_to_keep as a tensor of positions): its "
+                            "forward reads that argument differently. Score it with trim_logits=False.")
+        positions = None  # the model ignored logits_to_keep and returned every position: the loss still holds
+    if positions is None and logits.shape[1] != ids.shape[1]:
+        raise DeanError(f"{type(model).__name__} returned logits for {logits.shape[1]} positions for an input of "
+                        f"{ids.shape[1]} tokens: scoring needs the logits of every position (a causal LM's output).")
     if not (torch.is_grad_enabled() and logits.requires_grad):
         return per_sample_loss(logits, labels, positions)
     logits, targets = _align(logits, labels, positions)
