@@ -137,9 +137,10 @@ def main() -> None:
         print(f"peak GPU memory {fmt(torch.cuda.max_memory_allocated(device) / 2**30)} GiB; "
               f"{torch.cuda.get_device_name(device)}")
     fp32_mib = params * 4 / 2**20
-    print(f"peak RSS of this process (every batch size, the bare loop's weight gradients included; see bench_memory.py "
-          f"for the memory target) {fmt(peak_rss_mib())} MiB = {fmt(peak_rss_mib() / fp32_mib)} x the model's fp32 size "
-          f"({fmt(fp32_mib)} MiB)")
+    peak = peak_rss_mib()
+    print(f"peak RSS of this process (every batch size, the bare loop's weight gradients included; see "
+          f"bench_memory.py for the memory target) {fmt(peak)} MiB = {fmt(peak / fp32_mib)} x the model's fp32 "
+          f"size ({fmt(fp32_mib)} MiB)")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ def _as_list(value: Any, what: str, index: int) -> list[int]:
             raise DeanError(f"example {index}: {what} has shape {tuple(value.shape)}, expected a 1-D sequence.")
         return value.tolist()
     if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-        raise DeanError(f"example {index}: {what} is a {type(value).__name__}, expected a list of ints or a 1-D tensor.")
+        raise DeanError(f"example {index}: {what} is a {type(value).__name__}, "
+                        "expected a list of ints or a 1-D tensor.")
     return [int(v) for v in value]
 
 

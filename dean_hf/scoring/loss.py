@@ -11,11 +11,13 @@ from torch import nn
 
 from ..errors import DeanError
 
-# Rows of logits handled at a time by the fused loss: about 16 MiB of fp32 temporaries with a 250k vocabulary.
+# Logit elements the fused loss handles at a time (16 MiB of fp32): its temporaries stay under glibc's 32 MiB
+# mmap threshold, so they are reused rather than page-faulted in again.
 _CHUNK_ELEMENTS = 4 * 1024 * 1024
 
 
-def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor,
+                    positions: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean token NLL of each sample over its response tokens (labels != -100), as HF's causal-LM loss.
 
     `logits` (batch, positions, vocab) predict the next token at every position, or only at `positions`
