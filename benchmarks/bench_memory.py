@@ -35,7 +35,7 @@ def child(quick: bool, n: int, modules_per_pass: int | None, dtype: str) -> None
     model = load_model(quick, dtype=dtype)
     fp32_mib = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     for p in model.parameters():  # make every weight resident (weights load memory-mapped)
-        float(p.detach().float().abs().max())
+        float(p.detach().sum())
     with_model = current_rss_mib()
     config = DeanConfig(num_samples=n, max_length=256)
     start = time.perf_counter()

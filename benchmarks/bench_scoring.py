@@ -107,7 +107,8 @@ def main() -> None:
         per_layer.setdefault(name.split(".mlp")[0].split(".self_attn")[0], []).append(name)
     # The last layers: their backward is the shortest, so the linear extrapolation is conservative.
     chosen_layers = {k: per_layer[k] for k in list(per_layer)[-args.reference_layers:]}
-    kept = [m for names_ in chosen_layers.values() for m in names_] + per_layer[next(iter(per_layer))]
+    chosen = [m for names_ in chosen_layers.values() for m in names_]
+    kept = chosen + [m for m in per_layer[next(iter(per_layer))] if m not in chosen]
     results, seconds = {}, {}
     for bs in sizes:
         with Timer(device) as floor:
@@ -127,7 +128,6 @@ def main() -> None:
     with Timer(device) as ref:
         ref_scores = reference_schedule(model, exs, chosen_layers, device)
     extrapolated = ref.seconds / len(chosen_layers) * len(per_layer)
-    chosen = [m for names_ in chosen_layers.values() for m in names_]
     print(f"(c) reference schedule on {len(chosen_layers)} of {len(per_layer)} layers ({len(chosen)} modules), "
           f"extrapolated linearly to all: (c)/(b) = {fmt(extrapolated / seconds[first])} (extrapolated, "
           f"against batch {first})")

@@ -11,8 +11,8 @@ from torch import nn
 
 from ..errors import DeanError
 
-# Logit elements the fused loss handles at a time (16 MiB of fp32): its temporaries stay under glibc's 32 MiB
-# mmap threshold, so they are reused rather than page-faulted in again.
+# Logit elements the fused loss works through at a time (16 MiB of fp32). Its passes over a chunk are in place
+# in the gradient buffer; the only other temporaries are one value per row.
 _CHUNK_ELEMENTS = 4 * 1024 * 1024
 
 
@@ -79,7 +79,7 @@ def _mean_per_sample(nll: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _keeps_logits(model: nn.Module) -> bool:
-    """Whether `model.forward` takes `logits_to_keep` (transformers >= 4.50 causal LMs)."""
+    """Whether `model.forward` takes `logits_to_keep` (recent transformers causal LMs do)."""
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
