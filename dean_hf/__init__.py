@@ -1,7 +1,6 @@
 """dean_hf: DEAN coupled-neuron editing (fairness and privacy) for Hugging Face causal LMs."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__  # noqa: E402
 from .config import DeanConfig  # noqa: E402
 from .editor import DeanEditor  # noqa: E402
 from .errors import DeanError  # noqa: E402

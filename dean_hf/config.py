@@ -3,36 +3,92 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .errors import DeanError
-from .io import read_json
+from .errors import DeanError, quote
+from .fingerprint import validate_fingerprint
+from .io import atomic_write_text, read_json
 from .logging import get_logger
 
 logger = get_logger(__name__)
 CONFIG_NAME = "dean_config.json"
+MAX_TEXT = 4096  # characters in any string of the config (a path, a Hub id, a regex)
+MAX_ITEMS = 100_000  # entries in any list or dict of the config
+_COUNT_LIMITS = {"num_samples": 10**9, "max_length": 10**8, "batch_size": 10**6}
+_SEED_LIMIT = 2**64  # torch.manual_seed and numpy accept seeds in [0, 2**64)
+_VERSION = re.compile(r"\d{1,9}(\.\d{1,9}){0,5}[A-Za-z0-9.+_-]{0,40}", re.ASCII)
+_DIGEST = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
-    parts = []
-    for piece in str(v).split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+    return tuple(int(re.match(r"\d*", piece, re.ASCII).group() or 0) for piece in v.split(".")[:3])
+
+
+def _invalid(name: str, value: Any, expected: str, hint: str = "") -> DeanError:
+    return DeanError(f"{name}={quote(value)}: expected {expected}.{' ' + hint if hint else ''} Fix it in the "
+                     "DeanConfig(...) call or in dean_config.json (an artifact nobody edited is corrupt: save it "
+                     "again).")
+
+
+def _check_text(name: str, value: Any, *, empty: bool = False) -> None:
+    """A str of at most MAX_TEXT characters that UTF-8 can encode (no lone surrogate); non-empty unless `empty`."""
+    what = "a string" if empty else "a non-empty string"
+    if not isinstance(value, str) or (not empty and not value) or len(value) > MAX_TEXT:
+        raise _invalid(name, value, f"{what} of at most {MAX_TEXT} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _invalid(name, value, "text that UTF-8 can encode (it holds a lone surrogate)") from None
+
+
+def _check_text_list(name: str, value: Any, *, distinct: bool = False) -> None:
+    what = f"a non-empty list of {'distinct ' if distinct else ''}non-empty strings"
+    if not isinstance(value, list) or not value or len(value) > MAX_ITEMS:
+        raise _invalid(name, value, what)
+    for i, item in enumerate(value):
+        _check_text(f"{name}[{i}]", item)
+    if distinct and len(set(value)) != len(value):
+        raise _invalid(name, value, what, "A name is listed twice.")
+
+
+def _check_count(name: str, value: Any) -> None:
+    limit = _COUNT_LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise _invalid(name, value, f"a positive integer of at most {limit}")
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and \
+        (value == 1 if isinstance(value, int) else math.isfinite(value) and 0 < value <= 1)
+    if not ok:
+        raise _invalid(name, value, "a number in (0, 1]", "It is the fraction of each weight matrix kept, for "
+                       "example 5e-7 (the paper) or 1e-3.")
+
+
+def check_version_string(value: Any) -> None:
+    """Raise DeanError unless `value` is a version string such as "0.2.0" or "1.0.0rc1"."""
+    if not isinstance(value, str) or not _VERSION.fullmatch(value):
+        raise _invalid("dean_hf_version", value, 'a version such as "0.2.0"')
 
 
 @dataclass
 class DeanConfig:
-    """Options of a DEAN edit: what is scored on which data, and how the coupled neurons are selected."""
+    """Options of a DEAN edit: what is scored on which data, and how the coupled neurons are selected.
+
+    Every field is checked on construction (and so on `from_dict` and `from_pretrained`): a config that
+    exists can be saved, rendered into a model card and applied."""
 
     q: float = field(default=5e-7, metadata={"help": "Fraction of each weight matrix kept as the top set of every "
                                                      "target data set (fairness, privacy). The paper uses 5e-7 on 7B "
@@ -63,45 +119,90 @@ class DeanConfig:
     revision: Optional[str] = field(default=None, metadata={"help": "Revision (commit) of the base model."})
     base_model_fingerprint: Optional[dict] = field(
         default=None, metadata={"help": "Probe values of the base model's target weights, checked on load."})
+    mask_digest: Optional[str] = field(
+        default=None, metadata={"help": "SHA-256 of the mask's names, shapes and indices (`NeuronMask.digest()`), "
+                                        "checked on load so that a mask file that still parses but was altered is "
+                                        "refused."})
     dean_hf_version: str = field(default_factory=_version, metadata={"help": "dean_hf version that wrote this."})
 
     def __post_init__(self) -> None:
-        for name in ("p", "q"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise DeanError(f"{name}={value!r} is outside (0, 1]: it is the fraction of each weight matrix kept, "
-                                "for example 5e-7 (the paper) or 1e-3.")
-        for name in ("num_samples", "max_length", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DeanError(f"{name}={value!r}: expected a positive integer.")
-        if not self.target_datasets:
-            raise DeanError("target_datasets is empty: name at least one, e.g. ['fairness', 'privacy'].")
+        # Tuples are accepted where a list is expected, and stored as the list JSON gives back.
+        for name in ("target_modules", "target_datasets"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise DeanError naming the first field whose type or range is wrong."""
+        _check_fraction("q", self.q)
+        _check_fraction("p", self.p)
+        if isinstance(self.target_modules, list):
+            _check_text_list("target_modules", self.target_modules)
+        else:
+            _check_text("target_modules", self.target_modules)
+        _check_text("scorer", self.scorer)
+        _check_text_list("target_datasets", self.target_datasets, distinct=True)
+        if self.general_dataset is not None:
+            _check_text("general_dataset", self.general_dataset)
+        if self.dataset_sources is not None:
+            if not isinstance(self.dataset_sources, dict) or len(self.dataset_sources) > MAX_ITEMS:
+                raise _invalid("dataset_sources", self.dataset_sources, "null or an object of name -> source strings")
+            for key, source in self.dataset_sources.items():
+                _check_text("dataset_sources key", key)
+                _check_text(f"dataset_sources[{quote(key, 40)}]", source)
+        for name in _COUNT_LIMITS:
+            _check_count(name, getattr(self, name))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < _SEED_LIMIT:
+            raise _invalid("seed", self.seed, "an integer in [0, 2**64)")
+        for name in ("chat_template", "legacy"):
+            if not isinstance(getattr(self, name), bool):
+                raise _invalid(name, getattr(self, name), "true or false")
+        for name in ("base_model_name_or_path", "revision"):
+            if getattr(self, name) is not None:
+                _check_text(name, getattr(self, name), empty=True)
+        if self.base_model_fingerprint is not None:
+            validate_fingerprint(self.base_model_fingerprint)
+        if self.mask_digest is not None and not (isinstance(self.mask_digest, str)
+                                                 and _DIGEST.fullmatch(self.mask_digest)):
+            raise _invalid("mask_digest", self.mask_digest, "null or 64 lowercase hex digits (a SHA-256)")
+        check_version_string(self.dean_hf_version)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-ready dict."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DeanConfig":
-        """Build from a dict; unknown keys are dropped with a warning."""
+    def from_dict(cls, data: Mapping[str, Any]) -> "DeanConfig":
+        """Build from a dict (every field checked); unknown keys are dropped with a warning."""
+        if not isinstance(data, Mapping):
+            raise DeanError(f"a DeanConfig is built from a dict (a JSON object), got a {type(data).__name__} "
+                            f"{quote(data)}: pass the object of dean_config.json.")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = [k for k in data if k not in known]
         if unknown:
-            logger.warning("dropping unknown DeanConfig keys %s (written by another dean_hf version?)", unknown)
+            logger.warning("dropping unknown DeanConfig keys %s (written by another dean_hf version?)",
+                           quote(unknown))
         written = data.get("dean_hf_version")
-        if written is not None and _version_tuple(written)[:2] > _version_tuple(_version())[:2]:
-            raise DeanError(f"this config was written by dean_hf {written}, newer than the installed {_version()}: "
-                            "upgrade dean_hf (pip install -U dean_hf).")
+        if written is not None:
+            check_version_string(written)
+            if _version_tuple(written)[:2] > _version_tuple(_version())[:2]:
+                raise DeanError(f"this config was written by dean_hf {written}, newer than the installed "
+                                f"{_version()}: upgrade dean_hf (pip install -U dean_hf).")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json_string(self) -> str:
+        """The config as the JSON text of `dean_config.json` (DeanError if a value cannot be written)."""
+        self.validate()  # fields may have been assigned since construction
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as err:
-            raise DeanError(f"invalid DeanConfig: {err}") from None
+            text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+            text.encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError) as err:
+            raise DeanError(f"this DeanConfig cannot be written as JSON ({quote(str(err))}).") from None
+        return text
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `dean_config.json` into `directory`."""
-        path = Path(directory) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        """Write `dean_config.json` into `directory`, atomically; nothing else in the folder is touched."""
+        atomic_write_text(Path(directory) / CONFIG_NAME, self.to_json_string())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "DeanConfig":

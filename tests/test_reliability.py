@@ -108,40 +108,131 @@ def test_apply_is_all_or_nothing():
     assert unchanged(model, before) and editor.masks == {}
 
 
-def test_atomic_save_leaves_no_half_artifact(artifact, tmp_path, monkeypatch):
+def folder_state(folder):
+    """Every entry under `folder`, hidden ones included: relative path -> bytes (None for a folder)."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+def add_unrelated_files(folder):
+    """Files a save must never touch (a checkpoint beside the artifact); returns their os.stat, by name."""
+    import os
+
+    (folder / "notes").mkdir(parents=True)
+    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": os.urandom(4096),
+             ".gitattributes": b"*.safetensors filter=lfs\n", "notes/run.txt": b"lr=1e-4\n"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: os.stat(folder / name) for name in files}
+
+
+def assert_untouched(folder, stats):
+    import os
+
+    for name, old in stats.items():
+        new = os.stat(folder / name)
+        assert (new.st_ino, new.st_mtime_ns, new.st_size) == (old.st_ino, old.st_mtime_ns, old.st_size), name
+
+
+def crash_on_write(monkeypatch, k):
+    """Make the k-th file write (a safetensors file or `Path.write_bytes`) write half of its bytes to the path it
+    was given and raise KeyboardInterrupt, as a crash in the middle of a write would."""
+    from pathlib import Path
+
+    import safetensors.torch
+
+    real_save_file, real_write_bytes, count = safetensors.torch.save_file, Path.write_bytes, [0]
+
+    def hit():
+        count[0] += 1
+        return count[0] == k
+
+    def save_file(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        if hit():
+            data = Path(filename).read_bytes()
+            real_write_bytes(Path(filename), data[: len(data) // 2])
+            raise KeyboardInterrupt
+
+    def write_bytes(self, data):
+        if hit():
+            real_write_bytes(self, data[: len(data) // 2])
+            raise KeyboardInterrupt
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3])
+def test_atomic_save_leaves_no_half_artifact(artifact, tmp_path, monkeypatch, crash_at):
+    """A crash in the middle of the k-th file of a save over an old artifact, in a folder that holds other files:
+    the other files keep every byte (and are not even rewritten), no temporary file is left, and each artifact
+    file is whole, old or new. A mix of old and new files is refused by the mask digest, never applied."""
     from dean_hf import hub
 
     config, mask = load_artifact(artifact)
-    target = tmp_path / "out"
-
-    def crash(self, path):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(NeuronMask, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        hub.save_artifact(target, config, mask)
-    assert not target.exists() and list(tmp_path.iterdir()) == []
-    monkeypatch.undo()
-    hub.save_artifact(target, config, mask)
-    monkeypatch.setattr(NeuronMask, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        hub.save_artifact(target, config, mask)  # an interrupted overwrite keeps the old artifact
-    assert load_artifact(target)[1].num_masked == mask.num_masked
+    other = NeuronMask({n: idx[:-1] for n, idx in mask.items()}, mask.shapes)  # a different mask
+    assert other.digest() != mask.digest()
+    hub.save_artifact(tmp_path / "clean", config, other)
+    new = folder_state(tmp_path / "clean")  # what a complete save of `other` writes
+    folder = tmp_path / "checkpoint"
+    stats = add_unrelated_files(folder)
+    hub.save_artifact(folder, config, mask)
+    before = folder_state(folder)
+    with monkeypatch.context() as m:
+        crash_on_write(m, crash_at)
+        with pytest.raises(KeyboardInterrupt):
+            hub.save_artifact(folder, config, other)
+    after = folder_state(folder)
+    assert sorted(after) == sorted(before)  # nothing left behind, nothing removed
+    assert_untouched(folder, stats)
+    for name, data in after.items():
+        assert data == before[name] or data == new.get(name), f"{name} is neither the old nor the new file"
+    if crash_at == 1:
+        assert after == before
+    try:
+        loaded = load_artifact(folder)[1]
+    except DeanError as err:
+        assert "mask_digest" in str(err)
+    else:
+        assert loaded.digest() in (mask.digest(), other.digest())
+    fresh = tmp_path / "fresh"  # an interrupted first save leaves no file
+    with monkeypatch.context() as m:
+        crash_on_write(m, crash_at)
+        with pytest.raises(KeyboardInterrupt):
+            hub.save_artifact(fresh, config, other)
+    partial = folder_state(fresh) if fresh.exists() else {}
+    assert set(partial) <= set(new) and all(partial[n] == new[n] for n in partial)
+    hub.save_artifact(folder, config, other)  # an uninterrupted save completes the new artifact
+    after = folder_state(folder)
+    assert sorted(after) == sorted(before) and all(after[n] == new[n] for n in new)
+    assert_untouched(folder, stats)
+    assert load_artifact(folder)[1].digest() == other.digest()
 
 
 def test_scores_file_written_atomically(tmp_path, monkeypatch):
-    import safetensors.torch
+    from dean_hf import ImportanceScores
 
-    s = score_importance(make_model("llama"), random_examples(1), show_progress=False)
-
-    def crash(*a, **k):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr("dean_hf.io.save_file", crash)
-    with pytest.raises(RuntimeError):
-        s.save(tmp_path / "s.safetensors")
-    assert list(tmp_path.iterdir()) == []
-    assert safetensors.torch  # the real writer is untouched for other tests
+    old = score_importance(make_model("llama"), random_examples(1), show_progress=False)
+    new = score_importance(make_model("llama", seed=1), random_examples(1), show_progress=False)
+    folder = tmp_path / "scores"
+    stats = add_unrelated_files(folder)
+    old.save(folder / "s.safetensors")
+    before = folder_state(folder)
+    for name in ("s.safetensors", "other.safetensors"):  # over an old file, and a new file
+        with monkeypatch.context() as m:
+            crash_on_write(m, 1)
+            with pytest.raises(KeyboardInterrupt):
+                new.save(folder / name)
+        assert folder_state(folder) == before
+        assert_untouched(folder, stats)
+    new.save(folder / "s.safetensors")
+    after = folder_state(folder)
+    assert sorted(after) == sorted(before) and after["s.safetensors"] != before["s.safetensors"]
+    assert all(after[n] == before[n] for n in before if n != "s.safetensors")
+    assert_untouched(folder, stats)
+    loaded = ImportanceScores.load(folder / "s.safetensors")
+    assert all(torch.equal(loaded[k], new[k]) for k in new)
 
 
 def test_check_base_model_override(artifact):
