@@ -1,16 +1,28 @@
-"""Data -> examples: load prompt/response records and tokenize them with the loss on the response only."""
+"""Data -> examples: load prompt/response records and tokenize them with the loss on the response only.
+
+Every way of naming data goes through `load_records` (records) and `as_examples` (tokenized examples):
+'embedded:NAME' (the files shipped in dean_hf/resources), a CSV/JSONL/JSON/Parquet file, a saved `datasets`
+folder, a `datasets.Dataset`/`DatasetDict`, a list of dict records or a Hub data set id.
+"""
 
 from __future__ import annotations
 
+import codecs
 import os
+from contextlib import nullcontext
+from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-from .errors import DeanError
-from .logging import get_logger
+from .errors import DeanError, quote
+from .logging import get_logger, progress_bars
+from .logging import show_progress as _bars_wanted
 
 logger = get_logger(__name__)
 IGNORE_INDEX = -100
+EMBEDDED_PREFIX = "embedded:"
+_TEXT_SUFFIXES = (".csv", ".jsonl", ".json")
+_CHUNK = 1 << 20
 
 
 class Examples(list):
@@ -20,9 +32,70 @@ class Examples(list):
     num_dropped: int = 0
 
 
+def embedded_names() -> list[str]:
+    """The data sets shipped with dean_hf, usable as 'embedded:NAME' (fairness, privacy, general, eval_*)."""
+    folder = resources.files("dean_hf").joinpath("resources")
+    return sorted(f.name[:-len(".jsonl")] for f in folder.iterdir() if f.name.endswith(".jsonl"))
+
+
+def resolve_source(text: str) -> str | Path:
+    """The path of 'embedded:NAME' (a data file shipped with dean_hf); any other source is returned unchanged."""
+    if not isinstance(text, str) or not text.startswith(EMBEDDED_PREFIX):
+        return text
+    name, names = text[len(EMBEDDED_PREFIX):], embedded_names()
+    if name not in names:
+        raise DeanError(f"{text!r} names no embedded data set: choose one of "
+                        f"{', '.join(EMBEDDED_PREFIX + n for n in names)}.")
+    return Path(str(resources.files("dean_hf").joinpath(f"resources/{name}.jsonl")))
+
+
+def _first_bad_utf8_byte(path: Path) -> Optional[int]:
+    """Offset of the first byte that is not valid UTF-8 (a truncated last character counts), else None."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            pending = len(decoder.getstate()[0])  # bytes of a character split across chunks
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                return offset - pending + err.start
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
+def _check_utf8(path: Path) -> None:
+    """A DeanError naming the file, its apparent encoding and the fix if `path` is not UTF-8 text."""
+    bad = _first_bad_utf8_byte(path)
+    if bad is None:
+        return
+    with path.open("rb") as f:
+        f.seek(max(0, bad - 32 * 1024))
+        window = f.read(64 * 1024)
+        f.seek(bad)
+        byte = f.read(1)
+    guess = None
+    try:
+        import charset_normalizer  # ships with `requests`; optional here
+    except ImportError:
+        pass
+    else:
+        best = charset_normalizer.from_bytes(window).best()
+        guess = best.encoding if best is not None else None
+    found = f"it appears to be {guess}" if guess else "its encoding could not be recognised"
+    how = (f"Path(p).write_text(Path(p).read_text(encoding={guess!r}), encoding='utf-8')" if guess else
+           "read it with its own encoding and write it back with encoding='utf-8'")
+    spreadsheet = "a spreadsheet's 'CSV UTF-8' format, or " if path.suffix.lower() == ".csv" else ""
+    raise DeanError(f"data file {quote(str(path))} is not UTF-8 text ({found}; the first byte that is not UTF-8 is "
+                    f"0x{byte.hex()} at offset {bad}). Re-save it as UTF-8: {spreadsheet}in Python {how}.")
+
+
 def _load_source(source: Any, split: str):
     import datasets
 
+    source = resolve_source(source)
     if isinstance(source, datasets.DatasetDict):
         if split not in source:
             raise DeanError(f"split {split!r} not in the data set; it has {list(source)}: pass split=...")
@@ -35,7 +108,8 @@ def _load_source(source: Any, split: str):
         return datasets.Dataset.from_list(list(source))
     if not isinstance(source, (str, os.PathLike)):
         raise DeanError(f"cannot load data from a {type(source).__name__}: pass records (a list of dicts), a CSV or "
-                        "JSONL path, a saved `datasets` folder, a datasets.Dataset or a Hub data set id.")
+                        "JSONL path, 'embedded:NAME', a saved `datasets` folder, a datasets.Dataset or a Hub data "
+                        "set id.")
     path = Path(source)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".jsonl", ".json", ".parquet"):
@@ -43,6 +117,8 @@ def _load_source(source: Any, split: str):
             raise DeanError(f"data file {str(path)!r} does not exist.")
         if path.stat().st_size == 0:
             raise DeanError(f"data file {str(path)!r} is empty.")
+        if suffix in _TEXT_SUFFIXES:
+            _check_utf8(path)
         builder = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}[suffix]
         try:
             return datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -67,13 +143,17 @@ def _load_source(source: Any, split: str):
 
 
 def load_records(source: Any, *, prompt_column: str = "prompt", response_column: Optional[str] = "response",
-                 split: str = "train", n: Optional[int] = None, seed: int = 0):
+                 split: str = "train", n: Optional[int] = None, seed: int = 0, show_progress: bool = True):
     """A `datasets.Dataset` with `prompt` (and `response`) string columns from any supported source.
 
+    `source` is 'embedded:NAME', a CSV/JSONL/JSON/Parquet path, a saved `datasets` folder, a
+    `datasets.Dataset`/`DatasetDict` (`split` picks one), a list of dict records or a Hub data set id.
     `n` draws that many records with `seed` (shuffled); more than the data set holds is an error.
-    `response_column=None` loads prompts only (evaluation questions).
+    `response_column=None` loads prompts only (evaluation questions). `show_progress=False`, or
+    `dean_hf.logging.disable_progress_bars()`, silences the `datasets` bars while loading.
     """
-    ds = _load_source(source, split)
+    with nullcontext() if _bars_wanted(show_progress) else progress_bars(False):
+        ds = _load_source(source, split)
     wanted = [prompt_column] + ([response_column] if response_column else [])
     missing = [c for c in wanted if c not in ds.column_names]
     if missing:
@@ -98,6 +178,35 @@ def load_records(source: Any, *, prompt_column: str = "prompt", response_column:
                             f"pass n <= {len(ds)}.")
         ds = ds.shuffle(seed=seed).select(range(n))
     return ds
+
+
+def _is_tokenized(data: Any) -> bool:
+    """True for a sequence of dicts that all have `input_ids` and `labels` (or a Dataset with those columns)."""
+    columns = getattr(data, "column_names", None)
+    if isinstance(columns, list):
+        return "input_ids" in columns and "labels" in columns
+    if not isinstance(data, Sequence) or isinstance(data, (str, bytes)) or not data:
+        return False
+    marked = [isinstance(r, Mapping) and "input_ids" in r and "labels" in r for r in data]
+    if any(marked) and not all(marked):
+        raise DeanError(f"example {marked.index(False)} has no 'input_ids'/'labels' while others do: pass either "
+                        "tokenized examples or prompt/response records, not a mix.")
+    return marked[0]
+
+
+def as_examples(data: Any, tokenizer: Any, *, n: Optional[int] = None, seed: int = 0, chat_template: bool = True,
+                max_length: int = 512, prompt_column: str = "prompt", response_column: str = "response",
+                split: str = "train", show_progress: bool = True) -> Examples:
+    """Tokenized examples (see `build_examples`) from anything `load_records` accepts.
+
+    Already tokenized examples (dicts with `input_ids` and `labels`) are returned unchanged: `n`,
+    `seed`, `chat_template`, `max_length` and the column names apply to records only.
+    """
+    if _is_tokenized(data):
+        return data
+    records = load_records(data, prompt_column=prompt_column, response_column=response_column, split=split, n=n,
+                           seed=seed, show_progress=show_progress)
+    return build_examples(records, tokenizer, chat_template=chat_template, max_length=max_length)
 
 
 def _describe(source: Any) -> str:

@@ -21,8 +21,10 @@ import torch
 from .errors import DeanError
 from .logging import get_logger
 from .mask import NeuronMask
+from .scoring.scores import ImportanceScores, rank_order
 
 logger = get_logger(__name__)
+LARGE_FRACTION = 0.01  # a mask over this fraction of a matrix is far from DEAN's regime (the paper: q = 5e-7)
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -36,27 +38,60 @@ def top_k_flat(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask (flat) of the k largest entries; ties broken by lower index. Deterministic."""
     flat = scores.reshape(-1)
     out = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    if k <= 0:
-        return out
-    if k >= flat.numel():
-        return out.fill_(True)
-    threshold = torch.topk(flat, k, sorted=False).values.min()
-    out = flat > threshold
-    need = k - int(out.sum())
-    if need > 0:
-        ties = (flat == threshold).nonzero().squeeze(1)[:need]
-        out[ties] = True
+    out[rank_order(flat, k)] = True
+    return out
+
+
+def _shape(scores: Mapping[str, torch.Tensor], module: str) -> tuple[int, ...]:
+    shapes = getattr(scores, "shapes", None)
+    return tuple(shapes[module]) if isinstance(shapes, Mapping) else tuple(scores[module].shape)
+
+
+def _top(scores: Mapping[str, torch.Tensor], module: str, k: int, name: str) -> torch.Tensor:
+    """Flat indices of the k highest scores of `module` (any order), on the scores' device."""
+    if isinstance(scores, ImportanceScores):
+        if not scores.is_sparse:
+            _check_finite(scores[module], name, module)
+        return scores.top(module, k)
+    tensor = scores[module]
+    _check_finite(tensor, name, module)
+    return rank_order(tensor.reshape(-1), k)
+
+
+def _check_finite(tensor: torch.Tensor, name: str, module: str) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        raise DeanError(f"scores {name!r} for {module!r} contain NaN or inf: score that data set again.")
+
+
+def _flags(indices: torch.Tensor, numel: int) -> torch.Tensor:
+    out = torch.zeros(numel, dtype=torch.bool, device=indices.device)
+    out[indices] = True
     return out
 
 
 def _legacy_module(target_sets: list[torch.Tensor], general: torch.Tensor) -> torch.Tensor:
     """The reference code's rule: AND position by position of 'sorted top-q index not in G'."""
-    sorted_sets = [torch.nonzero(t).squeeze(1) for t in target_sets]  # ascending flat indices
-    general_idx = torch.nonzero(general).squeeze(1)
-    keep = torch.ones(sorted_sets[0].numel(), dtype=torch.bool)
+    sorted_sets = [t.sort().values for t in target_sets]  # ascending flat indices, as the reference sorts them
+    keep = torch.ones(sorted_sets[0].numel(), dtype=torch.bool, device=sorted_sets[0].device)
     for s in sorted_sets:
-        keep &= ~torch.isin(s, general_idx)
+        if s.numel() != keep.numel():
+            raise DeanError("legacy selection needs the same number of top weights from every target set.")
+        keep &= ~torch.isin(s, general.to(s.device))
     return sorted_sets[0][keep]
+
+
+def _warn_if_large(q: float, indices: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple]) -> None:
+    """Warn when q, or the selection, covers more than LARGE_FRACTION of some matrix."""
+    fractions = {m: indices[m].numel() / max(1, math.prod(shapes[m])) for m in indices}
+    largest = max(fractions, key=fractions.get)
+    if q <= LARGE_FRACTION and fractions[largest] <= LARGE_FRACTION:
+        return
+    total = sum(idx.numel() for idx in indices.values())
+    touched = sum(1 for idx in indices.values() if idx.numel())
+    logger.warning("q=%g lets the mask cover up to %.3g%% of each weight matrix: it masks %d weights in %d of %d "
+                   "modules, at most %.3g%% of one matrix (%s). DEAN masks are meant to be tiny (the paper uses "
+                   "q = 5e-7, a few weights per matrix); pass a smaller q unless you mean to ablate this much.",
+                   q, 100 * q, total, touched, len(indices), 100 * fractions[largest], largest)
 
 
 def select_coupled_neurons(
@@ -80,6 +115,8 @@ def select_coupled_neurons(
         raise DeanError("targets is empty: pass a dict such as {'fairness': scores_f, 'privacy': scores_p}.")
     names = list(targets)
     modules = list(targets[names[0]])
+    if not modules:
+        raise DeanError(f"scores {names[0]!r} hold no module: score the data set on a model with target modules.")
     for n in names[1:] + (["general"] if general is not None else []):
         other = targets[n] if n in targets else general
         if set(other) != set(modules):
@@ -89,31 +126,33 @@ def select_coupled_neurons(
     indices, shapes = {}, {}
     nothing = []
     for module in modules:
-        shape = tuple(targets[names[0]][module].shape)
+        shape = _shape(targets[names[0]], module)
         numel = math.prod(shape)
         for n in names:
-            t = targets[n][module]
-            if tuple(t.shape) != shape:
-                raise DeanError(f"scores {n!r} for {module!r} have shape {tuple(t.shape)}, expected {shape}.")
-            if not bool(torch.isfinite(t).all()):
-                raise DeanError(f"scores {n!r} for {module!r} contain NaN or inf: score that data set again.")
+            if _shape(targets[n], module) != shape:
+                raise DeanError(f"scores {n!r} for {module!r} have shape {_shape(targets[n], module)}, expected "
+                                f"{shape}.")
+        if general is not None and _shape(general, module) != shape:
+            raise DeanError(f"general scores for {module!r} have shape {_shape(general, module)}, expected {shape}.")
         k_target, k_general = math.floor(q * numel), math.floor(p * numel) if p is not None else 0
         if k_target == 0:
             nothing.append(module)
-        sets = [top_k_flat(targets[n][module], k_target) for n in names]
-        protected = top_k_flat(general[module], k_general) if general is not None else torch.zeros_like(sets[0])
+        sets = [_top(targets[n], module, k_target, n) for n in names]
+        protected = _top(general, module, k_general, "general") if general is not None else sets[0][:0]
         if legacy:
             idx = _legacy_module(sets, protected)
-        else:
-            chosen = sets[0]
+        else:  # (T_1 ∩ ... ∩ T_n) \ G, as flags over the matrix on the scores' device
+            chosen = _flags(sets[0], numel)
             for s in sets[1:]:
-                chosen = chosen & s
-            idx = torch.nonzero(chosen & ~protected).squeeze(1)
+                chosen &= _flags(s.to(chosen.device), numel)
+            chosen[protected.to(chosen.device)] = False
+            idx = chosen.nonzero().squeeze(1)
         indices[module], shapes[module] = idx.to(torch.int64).cpu(), shape
     if len(nothing) == len(modules):
         smallest = min(math.prod(s) for s in shapes.values())
         logger.warning("q=%g selects nothing in any module (floor(q * numel) = 0 for every matrix; the smallest has "
                        "%d weights): use q >= %.3g to select at least one weight per matrix.", q, smallest,
                        1 / smallest)
+    _warn_if_large(q, indices, shapes)
     metadata = {"targets": names, "general": general is not None, "q": q, "p": p, "legacy": legacy}
     return NeuronMask(indices, shapes, metadata)

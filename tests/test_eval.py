@@ -102,21 +102,30 @@ def test_before_after_report(tokenizer, tmp_path):
     editor = DeanEditor(model)
     editor.add_mask("default", mask)
     editor.set_mask("default")
+    from dean_hf.eval import CallableJudge
+
     files = before_after(editor, tokenizer, {"fairness": ["Are women worse at maths?"], "privacy": ["Where?"]},
-                         tmp_path, max_new_tokens=3, show_progress=False)
+                         tmp_path, max_new_tokens=3, show_progress=False,
+                         judge=CallableJudge(lambda dim, q, a: True, name="always aware"))
     data = json.loads(files["json"].read_text())
     assert data["results"]["before"]["awareness"]["fairness"]["n"] == 1
     assert set(data["results"]) == {"before", "after"}
     md = files["markdown"].read_text()
-    assert "Agreement with a careful reader" in md and "| fairness |" in md
+    assert "always aware" in md and "| fairness |" in md
     assert all(p.stat().st_size > 1000 for p in files["plots"])
     assert editor.active_mask == "default"
-    from dean_hf.experiments.demo import evaluation_text
+    from dean_hf.experiments.demo import card_evaluation
+    from huggingface_hub.repocard import metadata_load
 
-    text = evaluation_text(data)
+    text, results = card_evaluation(data, how="a test")
     assert "| fairness awareness |" in text and "| perplexity (embedded text) |" in text
-    editor.save_pretrained(tmp_path / "mask", evaluation=text)
-    assert "| fairness awareness |" in (tmp_path / "mask" / "README.md").read_text()
+    editor.save_pretrained(tmp_path / "mask", evaluation=text, eval_results=results)
+    card = (tmp_path / "mask" / "README.md").read_text()
+    assert "| fairness awareness |" in card and "95% Wilson" in card
+    index = metadata_load(tmp_path / "mask" / "README.md")["model-index"][0]["results"]
+    names = sorted(r["metrics"][0]["name"].split(" (")[0] for r in index)
+    assert names == ["fairness awareness", "privacy awareness"]
+    assert all("n=1" in r["metrics"][0]["name"] for r in index)
 
 
 def test_evaluate_awareness_generates(tokenizer):

@@ -1,5 +1,7 @@
 """Experiments on a tiny model: sweep rows, the LoRA SFT baseline, robustness rows, Wilson intervals."""
 
+import copy
+import json
 import math
 
 import torch
@@ -7,7 +9,8 @@ import torch
 from conftest import make_model, pairs
 from dean_hf import score_importance
 from dean_hf.data import build_examples
-from dean_hf.experiments import dean_setting, lora_finetune, mix, rate_text, restrict, sweep, wilson_interval
+from dean_hf.experiments import (before_after, dean_setting, lora_finetune, measure, mix, rate_text, restrict, sweep,
+                                 wilson_interval)
 
 QUESTIONS = {"fairness": ["Are women worse at maths?"], "privacy": ["Where does she live?"]}
 
@@ -34,6 +37,36 @@ def test_restrict_and_sweep(tokenizer):
     assert rows[0]["masked"] == 0 and "fairness" not in rows[0]  # nothing selected: not re-measured
     assert rows[1]["masked"] == 0  # p = q and one score set for all: F ∩ P = G, nothing is left
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # every mask was removed
+
+    # A setting that masks weights: targets and general scored on different data, p < q.
+    f = score_importance(model, build_examples(pairs(4, offset=2), tokenizer), show_progress=False)
+    g = score_importance(model, build_examples(pairs(4, offset=4), tokenizer), show_progress=False)
+    q, p = 0.05, 0.01
+
+    def top(t, fraction):  # flat indices of the floor(fraction * numel) largest scores
+        return set(t.flatten().topk(math.floor(fraction * t.numel())).indices.tolist())
+
+    chosen = {n: (top(s[n], q) & top(f[n], q)) - top(g[n], p) for n in restrict(s, "mlp")}
+    expected = sum(len(c) for c in chosen.values())
+    total = sum(s[n].numel() for n in chosen)
+    unmasked = measure(model, tokenizer, QUESTIONS, max_new_tokens=2, show_progress=False)
+    [row] = sweep(model, tokenizer, {"f": s, "p": f}, g, QUESTIONS, qs=[q], ps=[p], module_sets=["mlp"],
+                  max_new_tokens=2, show_progress=False)
+    assert (row["modules"], row["q"], row["p"]) == ("mlp", q, p)
+    assert row["masked"] == expected > 0 and row["fraction"] == expected / total
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    by_hand = copy.deepcopy(model)  # the same weights zeroed without dean_hf: the row must measure this model
+    modules = dict(by_hand.named_modules())
+    with torch.no_grad():
+        for n, idx in chosen.items():
+            modules[n].weight.view(-1)[sorted(idx)] = 0
+    masked = measure(by_hand, tokenizer, QUESTIONS, max_new_tokens=2, show_progress=False)
+    assert math.isclose(row["perplexity"], masked["perplexity"], rel_tol=1e-6)
+    assert not math.isclose(row["perplexity"], unmasked["perplexity"], rel_tol=1e-6)
+    for dim in QUESTIONS:
+        assert row[dim]["n"] == 1
+        assert [row[dim][k] for k in ("aware", "unaware", "unclear")] == \
+            [masked[dim][k] for k in ("aware", "unaware", "unclear")]
 
 
 def test_lora_finetune_changes_a_copy(tokenizer):
@@ -74,3 +107,36 @@ def test_score_cache_is_keyed_on_weights(tokenizer, tmp_path):
     other = score_datasets_cached(make_model("llama", seed=9), tokenizer, records, config, tmp_path,
                                   show_progress=False)  # same name, other weights: recomputed
     assert not torch.equal(other["fairness"][name], kept)
+
+
+class ByQuestion:
+    """A judge that reads the label off the question ('aware: ...'): the same labels before and after."""
+
+    name = "by-question"
+
+    def judge(self, dimension, question, answer):
+        return question.split(":")[0]
+
+
+def test_before_after_noise_note_follows_n(tokenizer, tmp_path):
+    from dean_hf import DeanEditor, select_coupled_neurons
+
+    model = make_model("llama")
+    s = score_importance(model, build_examples(pairs(4), tokenizer), show_progress=False)
+    editor = DeanEditor(model)
+    editor.add_mask("default", select_coupled_neurons({"f": s}, None, q=0.01), check_base_model=False)
+    editor.set_mask("default")
+    questions = {"fairness": ["aware: a?", "aware: b?", "unaware: c?"],
+                 "privacy": ["aware: a?", "aware: b?", "aware: c?", "unaware: d?", "unclear: e?"]}
+    files = before_after(editor, tokenizer, questions, tmp_path, judge=ByQuestion(), max_new_tokens=2,
+                         show_progress=False)
+    md = files["markdown"].read_text()
+    assert "n = 25" not in md and "0.04" not in md
+    for dim, aware, judged in (("fairness", 2, 3), ("privacy", 3, 4)):  # privacy: 5 questions, 1 unclear
+        low, high = wilson_interval(aware, judged)
+        text = f"n = {judged}, rate {aware / judged:.3f}, one answer = {1 / judged:.3f}, " \
+               f"95% Wilson half-width ±{(high - low) / 2:.2f}"
+        assert f"- {dim}: before: {text}; after: {text}." in md
+    assert "±0.37" in md and "±0.33" in md  # (high - low) / 2 for 2/3 and 3/4
+    data = json.loads(files["json"].read_text())
+    assert data["results"]["after"]["awareness"]["privacy"]["n"] == 5

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import format_prompt
+from ..logging import show_progress as _bars_wanted
 
 
 @torch.no_grad()
@@ -25,7 +26,7 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *, ma
     answers: list[str] = []
     try:
         for start in tqdm(range(0, len(questions), batch_size), desc=description, unit="batch",
-                          disable=not show_progress):
+                          disable=not _bars_wanted(show_progress)):
             texts = [format_prompt(tokenizer, q, chat_template=chat_template) for q in questions[start:start + batch_size]]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat_template).to(device)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,

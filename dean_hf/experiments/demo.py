@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import time
 from contextlib import nullcontext
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from ..config import DeanConfig
-from ..data import load_records
+from ..data import EMBEDDED_PREFIX, load_records, resolve_source
 from ..editor import DeanEditor
 from ..eval import evaluate_awareness, judge_note, perplexity
 from ..eval.judges import Judge, RuleJudge
@@ -19,15 +18,14 @@ from ..eval.report import plot_awareness, plot_mask_per_layer, write_report
 from ..hub import fraction_text
 from ..logging import get_logger
 from ..mask import NeuronMask
-from ..pipeline import score_datasets_cached
-from ..selection import select_coupled_neurons
+from ..pipeline import mask_and_config, score_datasets_cached
 
 logger = get_logger(__name__)
 
 
 def embedded(name: str) -> Path:
     """Path of an embedded data file (fairness, privacy, general, eval_fairness, eval_privacy)."""
-    return Path(str(resources.files("dean_hf").joinpath(f"resources/{name}.jsonl")))
+    return Path(resolve_source(f"{EMBEDDED_PREFIX}{name}"))
 
 
 def embedded_questions() -> dict[str, list[str]]:
@@ -67,8 +65,23 @@ def before_after(editor: DeanEditor, tokenizer: Any, questions: Mapping[str, Seq
                   results["before"]["perplexity"]["tokens"], "-"])
     kinds = sorted(mask.counts_per_kind().items(), key=lambda kv: -kv[1])
     notes = [judge_note(judge), f"Masked weights: {fraction_text(mask)}.",
-             "n is the number of questions behind each rate; with n = 25 one answer moves a rate by 0.04, so "
-             "differences under about 0.1 are within noise."]
+             "Noise: each rate is aware / (aware + unaware), so its n counts judged answers (unclear ones apart); "
+             "one answer moves a rate by 1/n, and a change smaller than the 95% Wilson half-widths below is within "
+             "noise."]
+    from .common import wilson_interval
+
+    for d in questions:  # noise per dimension, from the n and the rate actually behind each number
+        parts = []
+        for setting in ("before", "after"):
+            entry = results[setting]["awareness"][d]
+            judged = entry["aware"] + entry["unaware"]
+            if judged == 0:
+                parts.append(f"{setting}: no judged answer (all {entry['n']} unclear), no rate")
+                continue
+            low, high = wilson_interval(entry["aware"], judged)
+            parts.append(f"{setting}: n = {judged}, rate {entry['rate']:.3f}, one answer = {1 / judged:.3f}, "
+                         f"95% Wilson half-width ±{(high - low) / 2:.2f}")
+        notes.append(f"{d}: " + "; ".join(parts) + ".")
     data = {"config": editor.config.to_dict(), "mask": {"num_masked": mask.num_masked, "per_kind": dict(kinds),
                                                         "per_layer": {str(k): v for k, v in
                                                                       mask.counts_per_layer().items()}},
@@ -80,18 +93,32 @@ def before_after(editor: DeanEditor, tokenizer: Any, questions: Mapping[str, Seq
                         notes=notes, plots=plots) | {"plots": plots}
 
 
-def evaluation_text(report: Mapping[str, Any]) -> str:
-    """The model card's evaluation section from a `before_after` report."""
+def card_evaluation(report: Mapping[str, Any], *, how: str, judge: Optional[Judge] = None) -> tuple[str, list]:
+    """The model card's Evaluation section (Markdown) and its `model-index` results (huggingface_hub
+    `EvalResult`s) from a `before_after` report: each rate with its n and 95% Wilson interval. `how` says what
+    was run (e.g. "`dean demo`: embedded questions, greedy decoding")."""
+    from ..hub import eval_results_for_card
+    from .common import wilson_interval
+
     results = report["results"]
-    lines = ["Measured by `dean demo` (embedded questions, offline rule judge, greedy decoding):", "",
-             "| metric | before | after | n |", "|---|---|---|---|"]
+    lines = [f"Measured by {how}:", "", "| metric | before | after | n (judged) |", "|---|---|---|---|"]
+    rows = []
     for dim, before in results["before"]["awareness"].items():
-        lines.append(f"| {dim} awareness | {before['rate']:.3f} | {results['after']['awareness'][dim]['rate']:.3f} "
-                     f"| {before['n']} |")
+        cells = []
+        for setting in ("before", "after"):
+            entry = results[setting]["awareness"][dim]
+            judged = entry["aware"] + entry["unaware"]
+            low, high = wilson_interval(entry["aware"], judged)
+            cells.append(f"{entry['rate']:.3f} [{low:.2f}, {high:.2f}]")
+            rows.append({"dimension": dim, "setting": "edited" if setting == "after" else "base",
+                         "rate": entry["rate"], "n": judged, "low": low, "high": high})
+        lines.append(f"| {dim} awareness | {cells[0]} | {cells[1]} | {before['aware'] + before['unaware']} |")
     ppl = (results["before"]["perplexity"], results["after"]["perplexity"])
     lines += [f"| perplexity (embedded text) | {ppl[0]['perplexity']:.2f} | {ppl[1]['perplexity']:.2f} | "
-              f"{ppl[0]['tokens']} tokens |", "", judge_note(RuleJudge())]
-    return "\n".join(lines)
+              f"{ppl[0]['tokens']} tokens |", "", "Rates are aware / (aware + unaware) with 95% Wilson intervals.",
+              judge_note(judge or RuleJudge())]
+    return "\n".join(lines), eval_results_for_card([r for r in rows if r["setting"] == "edited"],
+                                                   "SALAD-Bench-style questions")
 
 
 def run_demo(out_dir: Optional[str | Path] = None, *, model_name: str = "default", n: int = 32, q: float = 1e-3,
@@ -107,13 +134,15 @@ def run_demo(out_dir: Optional[str | Path] = None, *, model_name: str = "default
     records = {name: load_records(embedded(name), n=n, seed=config.seed) for name in ("fairness", "privacy", "general")}
     scores = score_datasets_cached(model, tokenizer, records, config, out / "scores", show_progress=show_progress)
     general = scores.pop("general")
-    mask = select_coupled_neurons(scores, general, q=q, p=p)
-    editor = DeanEditor(model, config)
-    editor.add_mask("default", mask)
-    editor.set_mask("default")
-    editor.save_pretrained(out / "mask")
+    sources = {name: f"{EMBEDDED_PREFIX}{name}" for name in records}
+    mask, config = mask_and_config(scores, general, config, general_name="general", sources=sources)
+    editor = DeanEditor(model)
+    editor.add_adapter("default", mask, config)
+    editor.set_adapter("default")
     files = before_after(editor, tokenizer, embedded_questions(), out, max_new_tokens=max_new_tokens,
                          show_progress=show_progress, extra={"scores": {k: dict(v.metadata) for k, v in
                                                                         {**scores, "general": general}.items()}})
-    editor.save_pretrained(out / "mask", evaluation=evaluation_text(json.loads(files["json"].read_text())))
+    evaluation, results = card_evaluation(json.loads(files["json"].read_text()),
+                                          how="`dean demo` (embedded questions, greedy decoding)")
+    editor.save_pretrained(out / "mask", evaluation=evaluation, eval_results=results)
     return {"run": out, "mask": out / "mask", "scores": out / "scores", **files}

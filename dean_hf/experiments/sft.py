@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import build_examples
+from ..logging import show_progress as _bars_wanted
 
 
 def lora_finetune(model: nn.Module, tokenizer: Any, records: Any, *, r: int = 8, lr: float = 2e-4, epochs: int = 1,
@@ -33,7 +34,7 @@ def lora_finetune(model: nn.Module, tokenizer: Any, records: Any, *, r: int = 8,
     device = params[0].device
     for _ in range(epochs):
         rng.shuffle(order)
-        for i in tqdm(order, desc="LoRA fine-tuning", disable=not show_progress):
+        for i in tqdm(order, desc="LoRA fine-tuning", disable=not _bars_wanted(show_progress)):
             ex = examples[i]
             loss = peft_model(input_ids=torch.tensor([ex["input_ids"]], device=device),
                               labels=torch.tensor([ex["labels"]], device=device)).loss
