@@ -5,7 +5,8 @@ Scores collected during training use the per-sample |gradient| rule on the *trai
 loss averages over all response tokens of a batch (not per sample) and is divided by
 `gradient_accumulation_steps`, so samples are weighted by their token count; with batch size 1 and no
 accumulation it equals `score_importance`. Gradient clipping does not change them (the hooks see the
-gradients before clipping). They use the weights at the end of training for `|W|`.
+gradients before clipping), nor does gradient checkpointing (reentrant or not). They use the weights at the
+end of training for `|W|`.
 """
 
 from __future__ import annotations
@@ -18,33 +19,45 @@ from transformers import TrainerCallback
 
 from .errors import DeanError
 from .mask import NeuronMask
+from .modules import resolve_modules, unwrap_model
 from .scoring import ImportanceScores
+from .scoring.hooks import BatchState, add_score_hooks
 from .scoring.scorers import SnipScorer
-from .targets import TargetModules, find_target_modules, is_target_type
+from .targets import TargetModules, find_target_modules
 
 
-def _base_layer(module: nn.Module) -> nn.Module:
-    get = getattr(module, "get_base_layer", None)
-    return get() if callable(get) else module
+class _TrainingScores:
+    """SNIP scores of the training batches, by the hooks of `dean_hf.scoring`, and the number of samples seen."""
 
+    def __init__(self, model: nn.Module, target_modules: TargetModules):
+        self.scorer = SnipScorer()
+        self.modules = find_target_modules(model, target_modules)  # canonical names; a LoRA layer's base layer
+        self.accumulators = {n: self.scorer.init(m) for n, m in self.modules.items()}
+        self.num_samples = 0
+        # The batch is not announced: each module's input gives its batch size, every position counts.
+        self._handles = add_score_hooks(self.modules, self.scorer, self.accumulators, BatchState(check_finite=False))
+        embeddings = unwrap_model(model).get_input_embeddings()
+        if embeddings is None:
+            self.remove()
+            raise DeanError(f"{type(unwrap_model(model)).__name__} has no get_input_embeddings(); collect_scores "
+                            "needs it to count the training samples.")
+        # Samples are counted where the token ids enter the model, once per forward: gradient checkpointing calls
+        # the hooks of the target modules a second time when it recomputes a block during the backward pass.
+        self._handles.append(embeddings.register_forward_pre_hook(self._count))
 
-def resolve_modules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
-    """Map mask module names onto `model`, also when PEFT wraps it (prefixes, LoRA `base_layer`)."""
-    named = dict(model.named_modules())
-    out = {}
-    for name in names:
-        module = named.get(name)
-        if module is None:
-            candidates = [n for n in named if n.endswith("." + name)]
-            if len(candidates) != 1:
-                raise DeanError(f"the mask's module {name!r} is not in this model ({len(candidates)} matches): "
-                                "the mask was made for another model.")
-            module = named[candidates[0]]
-        module = _base_layer(module)
-        if not is_target_type(module):
-            raise DeanError(f"module {name!r} is a {type(module).__name__}, not a Linear/Conv1D.")
-        out[name] = module
-    return out
+    def _count(self, module: nn.Module, args: tuple) -> None:
+        if torch.is_grad_enabled() and args and isinstance(args[0], torch.Tensor):  # no grad: evaluation
+            self.num_samples += args[0].shape[0] if args[0].dim() >= 2 else 1
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def finalize(self) -> ImportanceScores:
+        scores = {n: self.scorer.finalize(self.modules[n], acc) for n, acc in self.accumulators.items()}
+        self.accumulators = {}
+        return ImportanceScores(scores, {"scorer": "snip", "source": "training", "num_samples": self.num_samples})
 
 
 class DeanCallback(TrainerCallback):
@@ -63,24 +76,28 @@ class DeanCallback(TrainerCallback):
         self.mask, self.collect_scores, self.target_modules = mask, collect_scores, target_modules
         self.scores: Optional[ImportanceScores] = None
         self._masked: dict[str, nn.Module] = {}
-        self._handles: list = []
-        self._acc: dict[str, torch.Tensor] = {}
-        self._score_modules: dict[str, nn.Module] = {}
-        self._samples = 0
+        self._indices: dict[str, torch.Tensor] = {}  # the mask's flat indices, on each weight's device
+        self._collector: Optional[_TrainingScores] = None
 
     # -------------------------------------------------------------- enforcing the mask
+    def _index(self, name: str, device: torch.device) -> torch.Tensor:
+        index = self._indices[name]
+        if index.device != device:  # only if the model moved after on_train_begin
+            index = self._indices[name] = index.to(device)
+        return index
+
     @torch.no_grad()
     def _zero_weights(self) -> None:
         for name, module in self._masked.items():
             flat = module.weight.data.view(-1)
-            flat[self.mask[name].to(flat.device)] = 0
+            flat.index_fill_(0, self._index(name, flat.device), 0)
 
     @torch.no_grad()
     def _zero_grads(self) -> None:
         for name, module in self._masked.items():
             grad = module.weight.grad
             if grad is not None:
-                grad.view(-1)[self.mask[name].to(grad.device)] = 0
+                grad.view(-1).index_fill_(0, self._index(name, grad.device), 0)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Optional[nn.Module] = None, **kwargs: Any):
         if model is None:
@@ -91,9 +108,12 @@ class DeanCallback(TrainerCallback):
                 if tuple(module.weight.shape) != tuple(self.mask.shapes[name]):
                     raise DeanError(f"module {name!r} has shape {tuple(module.weight.shape)}, the mask expects "
                                     f"{tuple(self.mask.shapes[name])}.")
+            # Moved once here, not at every step (a host-to-device copy per module per step on a GPU).
+            self._indices = {n: self.mask[n].to(m.weight.device) for n, m in self._masked.items()}
             self._zero_weights()
         if self.collect_scores:
-            self._install_hooks(model)
+            self.remove_hooks()
+            self._collector = _TrainingScores(model, self.target_modules)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any):
         self._zero_grads()
@@ -102,41 +122,13 @@ class DeanCallback(TrainerCallback):
         self._zero_weights()  # optimizer state (momentum, weight decay) cannot move them
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Optional[nn.Module] = None, **kwargs: Any):
+        collector = self._collector
         self.remove_hooks()
-        if self.collect_scores and self._acc:
-            scorer = SnipScorer()
-            scores = {n: scorer.finalize(self._score_modules[n], acc) for n, acc in self._acc.items()}
-            self.scores = ImportanceScores(scores, {"scorer": "snip", "source": "training",
-                                                    "num_samples": self._samples})
-            self._acc = {}
-
-    # -------------------------------------------------------------- scores from training
-    def _install_hooks(self, model: nn.Module) -> None:
-        scorer = SnipScorer()
-        found = find_target_modules(model, self.target_modules)
-        # Under PEFT, score the base layers (LoRA wrappers are not Linear themselves).
-        self._score_modules = {n.replace(".base_layer", ""): m for n, m in found.items()
-                               if not any(part.startswith("lora_") for part in n.split("."))}
-        self._acc = {n: scorer.init(m) for n, m in self._score_modules.items()}
-
-        def make_hook(name: str):
-            def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-                if not isinstance(output, torch.Tensor) or not output.requires_grad:
-                    return  # evaluation, or a frozen module with nothing trainable upstream
-                x = args[0].detach()
-                x3 = x if x.dim() == 3 else x.unsqueeze(0)
-                if name == next(iter(self._score_modules)):
-                    self._samples += x3.shape[0]
-                lengths = [x3.shape[1]] * x3.shape[0]
-                output.register_hook(lambda g: scorer.on_backward(module, self._acc[name], x3,
-                                                                  g if g.dim() == 3 else g.unsqueeze(0), lengths))
-            return hook
-
-        for name, module in self._score_modules.items():
-            self._handles.append(module.register_forward_hook(make_hook(name)))
+        if collector is not None:
+            self.scores = collector.finalize()
 
     def remove_hooks(self) -> None:
         """Remove the score-collecting hooks (done at the end of training; call it if training crashed)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if self._collector is not None:
+            self._collector.remove()
+            self._collector = None

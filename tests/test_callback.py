@@ -75,6 +75,8 @@ def test_scores_collected_during_training_equal_score_importance(tmp_path):
     worst = max(((callback.scores[n] - expected[n]).abs().max() / expected[n].abs().max()).item() for n in expected)
     assert worst < 1e-4
     assert all(not m._forward_hooks for m in model.modules())
+    assert callback.scores.metadata["num_samples"] == 4
+    assert all(not m._forward_pre_hooks for m in model.modules())
 
 
 def test_callback_errors():
@@ -83,3 +85,66 @@ def test_callback_errors():
     mask = NeuronMask({"model.layers.0.mlp.up_proj": torch.tensor([0])}, {"model.layers.0.mlp.up_proj": (2, 2)})
     with pytest.raises(DeanError, match="shape"):
         DeanCallback(mask).on_train_begin(None, None, None, model=make_model("llama"))
+
+
+def enable_checkpointing(model, reentrant):
+    kwargs = {"use_reentrant": reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (gradient_checkpointing_enable: alias)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_scores_and_samples_unchanged_by_gradient_checkpointing(tmp_path, reentrant):
+    examples = random_examples(6, seed=5)
+    plain = DeanCallback(collect_scores=True)
+    train(make_model("llama"), plain, steps=3, accumulation=2, tmp_path=tmp_path, examples=examples)
+
+    model = make_model("llama")
+    enable_checkpointing(model, reentrant)
+    hooks_before = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]  # HF's own
+    calls = []
+    probe = model.model.layers[0].mlp.up_proj.register_forward_hook(lambda *a: calls.append(1))
+    checkpointed = DeanCallback(collect_scores=True)
+    train(model, checkpointed, steps=3, accumulation=2, tmp_path=tmp_path, examples=examples)
+    probe.remove()
+    assert len(calls) == 2 * 6  # checkpointing is on: each block ran again during the backward pass
+
+    assert plain.scores.metadata["num_samples"] == checkpointed.scores.metadata["num_samples"] == 6
+    assert list(checkpointed.scores) == list(plain.scores)
+    assert all(torch.equal(checkpointed.scores[n], plain.scores[n]) for n in plain.scores)
+    assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == hooks_before
+
+
+def test_mask_indices_are_moved_to_the_weights_once(monkeypatch):
+    model = make_model("llama")
+    mask = make_mask(model)
+    modules = dict(model.named_modules())
+    callback = DeanCallback(mask)
+    callback.on_train_begin(None, None, None, model=model)
+
+    def step():  # the gradients and the weights move; the callback re-zeroes the masked entries
+        for name in mask:
+            modules[name].weight.grad = torch.ones_like(modules[name].weight)
+            with torch.no_grad():
+                modules[name].weight.add_(1.0)
+        callback.on_pre_optimizer_step(None, None, None)
+        callback.on_optimizer_step(None, None, None)
+        for name, idx in mask.items():
+            assert (modules[name].weight.grad.view(-1)[idx] == 0).all()
+            assert (modules[name].weight.detach().view(-1)[idx] == 0).all()
+
+    copies = []
+    original_to = torch.Tensor.to
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "to", lambda self, *a, **k: copies.append(1) or original_to(self, *a, **k))
+        for _ in range(3):
+            step()
+    assert copies == []  # no index copied (to the weight's device) per step
+
+    cached = dict(callback._indices)  # moved once, at on_train_begin, to each weight's device; reused by every step
+    assert list(cached) == list(mask)
+    assert all(cached[n].device == modules[n].weight.device and torch.equal(cached[n], mask[n]) for n in mask)
+    step()
+    assert all(callback._indices[n] is cached[n] for n in mask)
