@@ -34,7 +34,7 @@ def _positive(text: str) -> int:
 
 
 def _named_sources(items: Sequence[str]) -> dict[str, str]:
-    from .experiments import embedded
+    from .data import resolve_source
 
     out = {}
     for item in items:
@@ -43,7 +43,7 @@ def _named_sources(items: Sequence[str]) -> dict[str, str]:
             raise DeanError(f"--data {item!r}: expected NAME=SOURCE, e.g. --data fairness=fair.csv")
         if name in out:
             raise DeanError(f"--data names {name!r} twice.")
-        out[name] = str(embedded(source.split(":", 1)[1])) if source.startswith("embedded:") else source
+        out[name] = str(resolve_source(source))
     return out
 
 
@@ -52,23 +52,26 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                                                        "a Hub model id")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
     p.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto' (default: CPU)")
+    p.add_argument("--revision", default=None, help="model revision (branch, tag or commit) of a Hub model")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off: safer)")
 
 
 def _load(args):
     from .models import load_model, load_tokenizer
 
-    return (load_model(args.model, dtype=args.dtype, device_map=args.device_map,
+    return (load_model(args.model, dtype=args.dtype, device_map=args.device_map, revision=args.revision,
                        trust_remote_code=args.trust_remote_code),
-            load_tokenizer(args.model, trust_remote_code=args.trust_remote_code))
+            load_tokenizer(args.model, trust_remote_code=args.trust_remote_code, revision=args.revision))
 
 
 def cmd_score(args) -> None:
     from .config import DeanConfig
-    from .pipeline import score_datasets_cached
+    from .pipeline import check_score_files, score_datasets_cached
 
     from .data import load_records
+    from .io import check_writable
 
+    check_writable(args.out, "--out")
     config = DeanConfig(num_samples=args.n, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size,
                         scorer=args.scorer, target_modules=_targets(args.target_modules),
                         chat_template=not args.no_chat_template)
@@ -76,11 +79,15 @@ def cmd_score(args) -> None:
     # Every data set is read (and checked) before the model is loaded.
     records = {name: load_records(src, n=config.num_samples, seed=config.seed, **load_kwargs)
                for name, src in _named_sources(args.data).items()}
+    check_score_files(args.out, list(records))
     model, tokenizer = _load(args)
-    scores = score_datasets_cached(model, tokenizer, records, config, args.out, show_progress=not args.quiet)
+    reused: list[str] = []
+    scores = score_datasets_cached(model, tokenizer, records, config, args.out, show_progress=not args.quiet,
+                                   reused=reused)
     for name, s in scores.items():
+        how = "reused (same model, data and options)" if name in reused else "->"
         print(f"{name}: {len(s)} modules, {s.metadata['num_samples']} samples, {s.metadata['num_tokens']} response "
-              f"tokens -> {Path(args.out) / (name + '.safetensors')}")
+              f"tokens {how} {Path(args.out) / (name + '.safetensors')}")
 
 
 def _targets(text: str):
@@ -90,23 +97,19 @@ def _targets(text: str):
 def cmd_select(args) -> None:
     from .config import DeanConfig
     from .hub import fraction_text, save_artifact
+    from .io import check_writable
+    from .pipeline import mask_and_config
     from .scoring import ImportanceScores
-    from .selection import select_coupled_neurons
 
+    check_writable(args.out, "--out")
     folder = Path(args.scores)
     names = [n for n in args.targets.split(",") if n]
-    load = lambda n: ImportanceScores.load(folder / f"{n}.safetensors")  # noqa: E731
+    load = lambda n: ImportanceScores.load(folder / f"{n}.safetensors", lazy=True)  # noqa: E731
     targets = {n: load(n) for n in names}
     general = load(args.general) if args.general else None
-    mask = select_coupled_neurons(targets, general, q=args.q, p=args.p if general is not None else None,
-                                  legacy=args.legacy)
-    meta = targets[names[0]].metadata
-    config = DeanConfig(q=args.q, p=args.p, target_modules=meta.get("target_modules", "all-linear"),
-                        scorer=meta.get("scorer", "snip"), target_datasets=names, general_dataset=args.general,
-                        num_samples=int(meta.get("num_samples", 1)), seed=int(meta.get("seed", 0)),
-                        max_length=int(meta.get("max_length", 512)), chat_template=bool(meta.get("chat_template", True)),
-                        legacy=args.legacy, base_model_name_or_path=meta.get("model_name"),
-                        revision=meta.get("revision"), base_model_fingerprint=meta.get("base_model_fingerprint"))
+    config = DeanConfig(q=args.q, p=args.p, target_datasets=names, general_dataset=args.general or None,
+                        legacy=args.legacy)
+    mask, config = mask_and_config(targets, general, config, general_name=args.general or None)
     save_artifact(args.out, config, mask)
     print(f"masked {fraction_text(mask)} -> {args.out}")
     print("per layer: " + ", ".join(f"{k}: {v}" for k, v in sorted(mask.counts_per_layer().items(),
@@ -116,17 +119,18 @@ def cmd_select(args) -> None:
 
 def cmd_apply(args) -> None:
     from .editor import DeanEditor
-    from .hub import render_card
+    from .hub import check_merged_target, render_card, save_merged
+    from .models import resolve_model_path
 
+    source = resolve_model_path(args.model)
+    check_merged_target(args.out, source=source, overwrite=args.overwrite)  # before minutes of loading
     model, tokenizer = _load(args)
     editor = DeanEditor.from_pretrained(model, args.mask, check_base_model=not args.skip_base_model_check)
-    config, mask = editor.config, editor.masks[editor.active_mask]
+    config, mask = editor.dean_config, editor.masks[editor.active_adapter]
+    card = render_card(config, mask, merged=True)  # rendered (and checked) before anything is written
     merged = editor.merge_and_unload()
-    out = Path(args.out)
-    merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    render_card(config, mask, merged=True).save(str(out / "README.md"))
-    print(f"edited model ({mask.num_masked} weights zeroed) -> {out}")
+    save_merged(merged, args.out, tokenizer=tokenizer, card=card, source=source, overwrite=args.overwrite)
+    print(f"edited model ({mask.num_masked} weights zeroed) -> {args.out}")
 
 
 def cmd_push(args) -> None:
@@ -166,6 +170,7 @@ def cmd_eval(args) -> None:
         editor = DeanEditor.from_pretrained(model, args.mask)
         files = before_after(editor, tokenizer, questions, args.out, judge=judge, max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, show_progress=not args.quiet)
+        _write_evaluation_into_card(args, editor, files, judge)
     else:
         results = evaluate_awareness(model, tokenizer, questions, judge=judge, max_new_tokens=args.max_new_tokens,
                                      batch_size=args.batch_size, show_progress=not args.quiet)
@@ -178,6 +183,27 @@ def cmd_eval(args) -> None:
                              tables=[("Awareness", ["dimension", "rate", "aware", "unaware", "unclear", "n"], rows)],
                              notes=[judge_note(judge), f"Perplexity on the embedded text: {ppl['perplexity']:.2f}"])
     print(f"report -> {files['markdown']}")
+
+
+def _write_evaluation_into_card(args, editor, files, judge) -> None:
+    """`dean eval --mask DIR`: the measured figures go into DIR's model card (Evaluation section and `model-index`
+    metadata), when DIR is a local artifact whose card dean_hf wrote."""
+    import json
+
+    from .experiments.demo import card_evaluation
+    from .hub import CARD_NAME, card_is_ours, render_card, write_card
+
+    folder = Path(args.mask)
+    if not folder.is_dir() or (folder / CARD_NAME).exists() and not card_is_ours(folder / CARD_NAME):
+        return
+    questions = ", ".join(f"{k}={v}" for k, v in _named_sources(args.questions).items()) or "embedded questions"
+    evaluation, results = card_evaluation(json.loads(Path(files["json"]).read_text()), judge=judge,
+                                          how=f"`dean eval` ({questions}; greedy decoding, {args.max_new_tokens} "
+                                              f"new tokens, judge: {judge.name})")
+    name = editor.active_adapter
+    write_card(folder, render_card(editor.peft_config[name], editor.masks[name], evaluation=evaluation,
+                                   eval_results=results))
+    print(f"evaluation written into {folder / CARD_NAME}")
 
 
 def cmd_demo(args) -> None:
@@ -230,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for the edited model")
     p.add_argument("--skip-base-model-check", action="store_true", help="apply even if the weights differ from the "
                                                                          "mask's base model")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to be the base model's folder or a folder "
+                                                            "that holds a model (its files are replaced)")
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("push", help="push a mask artifact or an edited checkpoint to the Hub (one commit)")
@@ -270,10 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `dean` console script."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        from .logging import disable_progress_bars
+
+        disable_progress_bars()
     try:
         args.func(args)
     except DeanError as err:
         print(f"dean: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the disk or the network failed under us: say what, without a traceback
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"dean: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dean: interrupted", file=sys.stderr)

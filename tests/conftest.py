@@ -104,3 +104,26 @@ def reference_data():
     if not REFERENCE_DATA.is_dir():
         pytest.skip(f"reference data not found at {REFERENCE_DATA}")
     return REFERENCE_DATA
+
+
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """Stops at the `HfApi` boundary: records create_repo and upload_folder calls (with the uploaded files' relative
+    paths, read while the folder exists) instead of reaching the Hub. The reachability probe is answered yes."""
+    from huggingface_hub import HfApi
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append({"op": "create", "repo_id": repo_id, **kwargs})
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        root = Path(folder_path)
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        calls.append({"op": "upload", "repo_id": repo_id, "files": files, **kwargs})
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr("dean_hf.hub.check_hub_reachable", lambda timeout=5.0: None)
+    return calls

@@ -68,6 +68,8 @@ def test_score_select_apply_eval(workspace):
          "--prompt-column", "question", "--max-new-tokens", 4, "--out", w / "report", "--quiet")
     report = json.loads((w / "report" / "report.json").read_text())
     assert report["results"]["before"]["awareness"]["privacy"]["n"] == 3
+    card = (w / "mask" / "README.md").read_text()  # the measured figures went into the mask's card
+    assert "Measured by `dean eval`" in card and "| privacy awareness |" in card and "Not evaluated yet" not in card
     assert (w / "report" / "awareness.png").stat().st_size > 0 and (w / "report" / "report.md").is_file()
 
 
@@ -94,18 +96,28 @@ def test_user_errors_are_one_line(workspace):
     assert not (w / "s2").exists()
 
 
-def test_push_stops_at_hfapi(workspace, monkeypatch, capsys):
-    from huggingface_hub import HfApi
-
+def test_push_stops_at_hfapi(tmp_path, hub_calls, capsys):
+    """Stands alone: makes its own artifact and merged folder (it used to need another test's output)."""
+    from dean_hf import DeanEditor, score_importance, select_coupled_neurons
     from dean_hf.cli import main
+    from conftest import random_examples
 
-    calls = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id)))
-    monkeypatch.setattr(HfApi, "upload_folder",
-                        lambda self, repo_id, folder_path, **kw: calls.append(("upload", repo_id)) or "url")
-    if not (workspace / "mask").is_dir():
-        pytest.skip("needs the artifact of test_score_select_apply_eval")
-    assert main(["push", "--mask", str(workspace / "mask"), "--repo", "me/mask"]) == 0
-    assert calls == [("create", "me/mask"), ("upload", "me/mask")]
-    assert main(["push", "--repo", "me/x"]) == 2
-    assert "exactly one of --mask" in capsys.readouterr().err
+    model = make_model("llama")
+    scores = [score_importance(model, random_examples(3, seed=s), show_progress=False) for s in (1, 2)]
+    editor = DeanEditor(model)
+    editor.add_adapter("default", select_coupled_neurons({"f": scores[0], "p": scores[1]}, None, q=0.1))
+    editor.save_pretrained(tmp_path / "mask")
+    editor.merge_and_unload().save_pretrained(tmp_path / "merged")
+
+    assert main(["push", "--mask", str(tmp_path / "mask"), "--repo", "me/mask"]) == 0
+    assert [(c["op"], c["repo_id"]) for c in hub_calls] == [("create", "me/mask"), ("upload", "me/mask")]
+    assert hub_calls[1]["files"] == ["README.md", "dean_config.json", "dean_mask.safetensors"]
+    hub_calls.clear()
+    assert main(["push", "--merged", str(tmp_path / "merged"), "--repo", "me/merged"]) == 0
+    assert "model.safetensors" in hub_calls[1]["files"]
+    hub_calls.clear()
+    assert main(["push", "--repo", "me/x"]) == 2  # neither --mask nor --merged
+    assert main(["push", "--mask", str(tmp_path / "mask") + "/", "--repo", "me/mask"]) == 0  # a trailing slash
+    assert main(["push", "--mask", str(tmp_path / "absent") + "/", "--repo", "me/mask"]) == 2
+    err = capsys.readouterr().err
+    assert "neither a folder nor a Hub repo id" in err and "Traceback" not in err and "HFValidationError" not in err

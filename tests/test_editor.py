@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -73,7 +74,7 @@ def test_save_then_from_pretrained_equals_merge(tmp_path):
     fresh = make_model("qwen2")
     loaded = DeanEditor.from_pretrained(fresh, tmp_path / "art")
     assert torch.equal(logits(loaded, IDS), merged_logits)
-    assert loaded.config.q == 0.05
+    assert loaded.dean_config.q == 0.05
     assert loaded.unload() is fresh and torch.equal(logits(fresh, IDS), logits(make_model("qwen2"), IDS))
 
 
@@ -85,7 +86,10 @@ def test_gpt2_conv1d_round_trip(tmp_path):
     editor.set_mask("m")
     editor.save_pretrained(tmp_path / "a")
     merged = logits(editor.merge_and_unload(), IDS)
-    assert torch.equal(logits(DeanEditor.from_pretrained(make_model("gpt2"), tmp_path / "a"), IDS), merged)
+    with pytest.raises(DeanError, match="subfolder='m'"):  # PEFT's layout: masks other than "default" in subfolders
+        DeanEditor.from_pretrained(make_model("gpt2"), tmp_path / "a")
+    loaded = DeanEditor.from_pretrained(make_model("gpt2"), tmp_path / "a", subfolder="m")
+    assert torch.equal(logits(loaded, IDS), merged)
 
 
 def test_several_named_masks():
@@ -116,7 +120,7 @@ def test_mask_for_another_model_is_refused_and_changes_nothing(tmp_path):
 
     other = make_model("gpt2")  # other module names
     before = state(other)
-    with pytest.raises(DeanError, match="does not have"):
+    with pytest.raises(DeanError, match="another architecture"):
         DeanEditor.from_pretrained(other, tmp_path / "art")
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
 
@@ -144,9 +148,20 @@ def test_fingerprint_accepts_bf16_copy_and_merged_copy(tmp_path):
     model = make_model("llama")
     editor = masked_editor(model)
     editor.save_pretrained(tmp_path / "art")
-    DeanEditor.from_pretrained(make_model("llama", dtype=torch.bfloat16), tmp_path / "art")
+    from dean_hf.hub import load_artifact
+
+    config, mask = load_artifact(tmp_path / "art")
+    assert set(mask) <= set(config.base_model_fingerprint["probes"])  # every masked module is checked
+    bf16 = make_model("llama", dtype=torch.bfloat16)
+    expected = {n: p.detach().clone() for n, p in bf16.named_parameters()}
+    for name, idx in mask.items():
+        expected[f"{name}.weight"].view(-1)[idx] = 0
+    DeanEditor.from_pretrained(bf16, tmp_path / "art")  # accepted: the bf16 copy is masked
+    assert all(torch.equal(p, expected[n]) for n, p in bf16.named_parameters())
     merged = editor.merge_and_unload()
-    DeanEditor.from_pretrained(merged, tmp_path / "art")  # already-zeroed copy of the same base
+    zeroed = {n: p.detach().clone() for n, p in merged.named_parameters()}
+    DeanEditor.from_pretrained(merged, tmp_path / "art")  # accepted: an already-zeroed copy of the same base
+    assert all(torch.equal(p, zeroed[n]) for n, p in merged.named_parameters())
 
 
 def test_fit_end_to_end(tokenizer):
@@ -157,8 +172,8 @@ def test_fit_end_to_end(tokenizer):
     mask = editor.fit(tokenizer, targets={"fairness": pairs(6), "privacy": pairs(6, offset=2)},
                       general=pairs(6, offset=4), show_progress=False)
     assert mask.num_masked > 0 and editor.active_mask == "default"
-    assert editor.config.base_model_fingerprint is not None
-    assert editor.config.target_datasets == ["fairness", "privacy"]
+    assert editor.dean_config.base_model_fingerprint is not None
+    assert editor.dean_config.target_datasets == ["fairness", "privacy"]
     assert not torch.equal(logits(editor, IDS), base)
     assert torch.equal(logits(editor.unload(), IDS), base)
 
@@ -186,28 +201,49 @@ def test_config_round_trip_and_unknown_keys(tmp_path, caplog):
     assert all(f.metadata.get("help") for f in DeanConfig.__dataclass_fields__.values())
 
 
-def test_push_to_hub_one_commit(tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
-
-    calls = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
-
-    def upload_folder(self, repo_id, folder_path, **kw):
-        calls.append(("upload", repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir()),
-                      kw))
-        return "commit-url"
-
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+def test_push_to_hub_one_commit(hub_calls):
     model = make_model("llama")
     editor = masked_editor(model)
-    assert editor.push_to_hub("user/mask", private=True) == "commit-url"
-    assert calls[0][:2] == ("create", "user/mask") and calls[0][2]["private"] is True
-    assert calls[1][:3] == ("upload", "user/mask", ["README.md", "dean_config.json", "dean_mask.safetensors"])
-    calls.clear()
+    editor.add_adapter("strict", fitted_mask(model, q=0.2))
+    assert editor.push_to_hub("user/mask", private=True) == "https://huggingface.co/user/mask/commit/0"
+    creates = [c for c in hub_calls if c["op"] == "create"]
+    uploads = [c for c in hub_calls if c["op"] == "upload"]
+    assert [c["repo_id"] for c in creates] == ["user/mask"] and creates[0]["private"] is True
+    assert len(uploads) == 1 and uploads[0]["repo_id"] == "user/mask"  # every mask in one commit
+    assert uploads[0]["files"] == ["README.md", "dean_config.json", "dean_mask.safetensors", "strict/README.md",
+                                   "strict/dean_config.json", "strict/dean_mask.safetensors"]
+    hub_calls.clear()
+    editor.push_to_hub("user/only-strict", selected_adapters=["strict"])
+    (upload,) = [c for c in hub_calls if c["op"] == "upload"]
+    assert upload["files"] == ["strict/README.md", "strict/dean_config.json", "strict/dean_mask.safetensors"]
+    hub_calls.clear()
     editor.push_to_hub("user/merged", merged=True)
-    uploaded = calls[1][2]
-    assert "README.md" in uploaded and "model.safetensors" in uploaded and "config.json" in uploaded
-    assert len([c for c in calls if c[0] == "upload"]) == 1
+    (upload,) = [c for c in hub_calls if c["op"] == "upload"]
+    assert {"README.md", "model.safetensors", "config.json"} <= set(upload["files"])
+    assert not any(f.startswith(".dean_hf-staging") for f in upload["files"])
+
+
+def test_push_fails_fast_offline(monkeypatch):
+    import socket
+
+    import huggingface_hub.constants as constants
+    from dean_hf.hub import check_hub_reachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DeanError, match="HF_HUB_OFFLINE"):
+        check_hub_reachable()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    tried = []
+
+    def no_network(address, timeout=None):
+        tried.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    editor = masked_editor(make_model("llama"))
+    with pytest.raises(DeanError, match="cannot reach the Hub"):
+        editor.push_to_hub("user/mask")
+    assert len(tried) == 1 and tried[0][1] <= 5  # one short probe, no retries
 
 
 def test_from_pretrained_offline_hub_cache(tmp_path, monkeypatch):
@@ -246,3 +282,16 @@ def test_card_lists_hub_datasets(tmp_path):
     config.dataset_sources = {"fairness": "PKU-Alignment/BeaverTails", "general": str(tmp_path / "alpaca.csv")}
     card = str(render_card(config, editor.masks["default"]))
     assert "datasets:\n- PKU-Alignment/BeaverTails" in card and "alpaca.csv" not in card.split("---")[1]
+
+
+def test_card_links_only_what_exists(tmp_path):
+    from dean_hf.hub import render_card
+
+    editor = masked_editor(make_model("llama"))
+    config = editor.peft_config["default"]
+    card = render_card(config, editor.masks["default"])
+    links = re.findall(r"\]\((https?://[^)]+)\)", card)
+    assert links == ["https://arxiv.org/abs/2410.16672"]  # the paper; no invented repository link
+    config.base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    links = re.findall(r"\]\((https?://[^)]+)\)", render_card(config, editor.masks["default"]))
+    assert "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct" in links
