@@ -31,12 +31,12 @@ def max_rel(a, b):
 def test_snip_equals_direct_loop_and_batching(arch):
     model = make_model(arch)
     examples = random_examples(6)
-    s1 = score_importance(model, examples, batch_size=1, show_progress=False)
+    s1 = score_importance(model, examples, batch_size=1, show_progress=False, keep=1.0)
     expected = direct_snip(model, examples, list(s1))
     assert max_rel(s1, expected) < 1e-5
-    s4 = score_importance(model, examples, batch_size=4, show_progress=False)
+    s4 = score_importance(model, examples, batch_size=4, show_progress=False, keep=1.0)
     assert max_rel(s4, s1) < 1e-5
-    grouped = score_importance(model, examples, batch_size=3, group_by_length=True, show_progress=False)
+    grouped = score_importance(model, examples, batch_size=3, group_by_length=True, show_progress=False, keep=1.0)
     assert max_rel(grouped, s1) < 1e-5
     assert all(t.dtype == torch.float32 for t in s1.values())
     assert s1.metadata["num_samples"] == 6
@@ -53,7 +53,7 @@ def test_gpt2_conv1d_is_targeted():
 def test_abs_is_taken_per_sample():
     model = make_model("llama")
     examples = random_examples(4)
-    per_sample = score_importance(model, examples, batch_size=4, show_progress=False)
+    per_sample = score_importance(model, examples, batch_size=4, show_progress=False, keep=1.0)
     modules = dict(model.named_modules())
     # |sum of grads| (what a naive batched backward gives) is strictly smaller somewhere.
     model.zero_grad(set_to_none=True)
@@ -69,7 +69,7 @@ def test_abs_is_taken_per_sample():
 def test_wanda_equals_activation_norm():
     model = make_model("llama")
     examples = random_examples(5)
-    scores = score_importance(model, examples, scorer="wanda", batch_size=2, show_progress=False)
+    scores = score_importance(model, examples, scorer="wanda", batch_size=2, show_progress=False, keep=1.0)
     name = "model.layers.1.mlp.down_proj"
     module = dict(model.named_modules())[name]
     sumsq = torch.zeros(module.weight.shape[1])
@@ -96,7 +96,7 @@ def test_model_state_restored():
     marker = torch.full_like(model.model.layers[0].mlp.up_proj.weight, 7.0)
     model.model.layers[0].mlp.up_proj.weight.grad = marker
     modes = {n: m.training for n, m in model.named_modules()}
-    score_importance(model, random_examples(3), batch_size=2, show_progress=False)
+    score_importance(model, random_examples(3), batch_size=2, show_progress=False, keep=1.0)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert {n: m.training for n, m in model.named_modules()} == modes
     assert model.model.layers[0].mlp.up_proj.weight.grad is marker
@@ -116,7 +116,7 @@ def test_interrupt_restores_model():
 
     handle = model.model.norm.register_forward_hook(interrupt)
     with pytest.raises(KeyboardInterrupt):
-        score_importance(model, random_examples(4), show_progress=False)
+        score_importance(model, random_examples(4), show_progress=False, keep=1.0)
     handle.remove()
     assert model.training and all(m.training for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
@@ -129,13 +129,45 @@ def test_low_precision_accumulates_in_fp32(dtype):
     model32 = make_model("llama")
     model = make_model("llama", dtype=dtype)
     examples = random_examples(3)
-    low = score_importance(model, examples, show_progress=False)
-    ref = score_importance(model32, examples, show_progress=False)
+    low = score_importance(model, examples, show_progress=False, keep=1.0)
+    ref = score_importance(model32, examples, show_progress=False, keep=1.0)
     for name, t in low.items():
         assert t.dtype == torch.float32 and torch.isfinite(t).all()
         # Same ranking signal: strongly correlated with the fp32 scores.
         corr = torch.corrcoef(torch.stack([t.flatten(), ref[name].flatten()]))[0, 1]
         assert corr > 0.9
+
+    # The sum over samples is exact to fp32 rounding: compare with a float64 sum of the per-sample terms
+    # |g_i^T x_i|, built from the very activations and gradients (in `dtype`) that the scorer sees.
+    # 64 samples: a `dtype` accumulator (8 or 11 significant bits) would lose mass at every addition.
+    examples = random_examples(64, seed=5)
+    modules = {n: m for n, m in model.named_modules() if n.endswith(("q_proj", "down_proj"))}
+    terms = {n: [] for n in modules}
+
+    def capture(name):
+        def hook(module, args, output):
+            x = args[0].detach()[0].double()
+            output.register_hook(lambda g: terms[name].append((g[0].double().T @ x).abs()))
+        return hook
+
+    handles = [m.register_forward_hook(capture(n)) for n, m in modules.items()]
+    try:
+        scores = score_importance(model, examples, batch_size=1, show_progress=False, keep=1.0)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, module in modules.items():
+        assert len(terms[name]) == 64
+        stacked = torch.stack(terms[name])
+        weight = module.weight.detach().double().abs()
+        exact = stacked.sum(0) * weight
+        low_sum = torch.zeros_like(stacked[0], dtype=dtype)
+        for term in stacked:
+            low_sum += term.to(dtype)
+        lost = ((low_sum.double() * weight - exact).abs().max() / exact.max()).item()
+        assert lost > 1e-4, "the case must be one where low-precision accumulation loses mass"
+        error = ((scores[name].double() - exact).abs().max() / exact.max()).item()
+        assert error < 1e-5, (name, error, lost)
 
 
 @pytest.mark.parametrize("targets,expected", [
@@ -251,10 +283,10 @@ def test_forward_loss_with_a_model_that_mishandles_logits_to_keep():
     wrapped = Keeps("last-two")
     wrapped.inner = model
     with pytest.raises(DeanError, match="trim_logits=False"):
-        score_importance(wrapped, examples, target_modules=["inner.model.layers.0.mlp.up_proj"], show_progress=False)
+        score_importance(wrapped, examples, target_modules=["inner.model.layers.0.mlp.up_proj"], show_progress=False, keep=1.0)
     untrimmed = score_importance(wrapped, examples, target_modules=["inner.model.layers.0.mlp.up_proj"],
-                                 trim_logits=False, show_progress=False)
-    plain = score_importance(model, examples, target_modules=["model.layers.0.mlp.up_proj"], show_progress=False)
+                                 trim_logits=False, show_progress=False, keep=1.0)
+    plain = score_importance(model, examples, target_modules=["model.layers.0.mlp.up_proj"], show_progress=False, keep=1.0)
     torch.testing.assert_close(untrimmed["inner.model.layers.0.mlp.up_proj"], plain["model.layers.0.mlp.up_proj"])
 
 
@@ -262,7 +294,7 @@ def test_scored_lm_head_sees_every_position():
     model = make_model("llama")
     examples = random_examples(3)
     names = ["lm_head", "model.layers.0.mlp.down_proj"]
-    scores = score_importance(model, examples, target_modules=names, scorer="wanda", show_progress=False)
+    scores = score_importance(model, examples, target_modules=names, scorer="wanda", show_progress=False, keep=1.0)
     x = []
     hook = model.lm_head.register_forward_hook(lambda m, a, out: x.append(a[0].detach().reshape(-1, a[0].shape[-1])))
     try:
@@ -277,7 +309,7 @@ def test_scored_lm_head_sees_every_position():
 
 def test_scores_round_trip(tmp_path):
     model = make_model("llama")
-    scores = score_importance(model, random_examples(2), show_progress=False)
+    scores = score_importance(model, random_examples(2), show_progress=False, keep=1.0)
     scores.save(tmp_path / "s.safetensors")
     loaded = ImportanceScores.load(tmp_path / "s.safetensors")
     assert dict(loaded.metadata) == dict(scores.metadata)
@@ -296,7 +328,7 @@ def test_scores_round_trip(tmp_path):
 ])
 def test_bad_examples(bad, match):
     with pytest.raises(DeanError, match=match):
-        score_importance(make_model("llama"), bad, show_progress=False)
+        score_importance(make_model("llama"), bad, show_progress=False, keep=1.0)
 
 
 def test_bad_options():
@@ -312,4 +344,4 @@ def test_nan_loss_names_sample():
     with torch.no_grad():
         model.model.norm.weight.fill_(float("nan"))
     with pytest.raises(DeanError, match=r"the loss of sample [0-9]+ is nan"):
-        score_importance(model, random_examples(2), show_progress=False)
+        score_importance(model, random_examples(2), show_progress=False, keep=1.0)

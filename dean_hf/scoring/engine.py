@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..errors import DeanError
 from ..fingerprint import weight_fingerprint
 from ..logging import get_logger
+from ..logging import show_progress as _bars_wanted
 from ..targets import TargetModules, find_target_modules
-from .hooks import scoring_hooks
+from .hooks import BatchState, scoring_hooks
 from .loss import forward_loss
 from .scorers import get_scorer
-from .scores import ImportanceScores
+from .scores import DEFAULT_KEEP, ImportanceScores, check_keep, scores_from_accumulators
 
 logger = get_logger(__name__)
 
@@ -71,15 +73,15 @@ def _batches(examples, batch_size: int, group_by_length: bool) -> list[list[int]
 
 def _collate(examples, idx: list[int], pad_id: int, device: torch.device):
     width = max(len(examples[i][0]) for i in idx)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(idx), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    # One host tensor and one copy: pinned and asynchronous to a GPU (a pageable copy waits for the stream).
+    batch = torch.empty((3, len(idx), width), dtype=torch.long, pin_memory=device.type == "cuda")
+    ids, labels, mask = batch[0].fill_(pad_id), batch[1].fill_(-100), batch[2].zero_()
     for row, i in enumerate(idx):  # right padding keeps every real token at its unpadded position
         n = len(examples[i][0])
         ids[row, :n] = torch.tensor(examples[i][0])
         labels[row, :n] = torch.tensor(examples[i][1])
         mask[row, :n] = 1
-    return ids.to(device), labels.to(device), mask.to(device)
+    return batch.to(device, non_blocking=True).unbind(0)
 
 
 def _input_device(model: nn.Module) -> torch.device:
@@ -104,67 +106,128 @@ def _distributed(distributed: Optional[bool]) -> tuple[int, int]:
 
 def _run_pass(model, data, shard: list[int], modules, score_fn, accumulators, *, batch_size: int,
               group_by_length: bool, trim_logits: bool, pad_id: int, device, show_progress: bool,
-              description: str) -> int:
-    """One pass over this process's samples with hooks on `modules`; returns the response tokens seen."""
+              description: str, grad_from: Optional[nn.Module] = None) -> int:
+    """One pass over this process's samples with hooks on `modules`; returns the response tokens seen.
+
+    A batch reads one value from the device, however many modules are hooked: whether its losses and every
+    hooked gradient were finite (lengths and token counts come from the host-side examples)."""
     num_tokens = 0
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     trim = trim_logits and not any(m is head for m in modules.values())  # a scored LM head sees every position
-    with scoring_hooks(model, modules, score_fn, accumulators) as state:
+    with scoring_hooks(model, modules, score_fn, accumulators, grad_from=grad_from) as state:
         batches = [[shard[i] for i in b] for b in _batches([data[i] for i in shard], batch_size, group_by_length)]
         for idx in tqdm(batches, desc=description, unit="batch", disable=not show_progress):
             ids, labels, mask = _collate(data, idx, pad_id, device)
-            state.batch_size, state.token_mask, state.lengths = len(idx), mask, mask.sum(1).tolist()
+            state.begin(len(idx), mask, [len(data[i][0]) for i in idx])
             grad_ctx = torch.enable_grad() if score_fn.needs_backward else torch.no_grad()
             with grad_ctx:
                 losses = forward_loss(model, ids, labels, mask, trim_logits=trim)  # holds no reference to the logits
-                bad = ~torch.isfinite(losses)
-                if bad.any():
-                    raise DeanError(f"the loss of sample {idx[int(bad.nonzero()[0])]} is {losses[bad][0].item()}: "
-                                    "the model overflows on it (try float32) or the sample is broken.")
+                finite = torch.isfinite(losses.detach()).all()
                 if score_fn.needs_backward:
                     losses.sum().backward()
-                del losses
-            if state.nonfinite is not None:
-                raise DeanError(f"non-finite gradient at module {state.nonfinite!r} while scoring sample(s) {idx}: "
-                                "the model overflows (fp16?); score in float32 or bfloat16, or drop those samples.")
-            num_tokens += int((labels[:, 1:] != -100).sum())
+                losses = losses.detach()  # frees the graph
+            gradients_finite = state.all_finite(finite.device)
+            if not bool(finite if gradients_finite is None else finite & gradients_finite):  # the batch's one sync
+                _raise_nonfinite(losses, idx, state)
+            num_tokens += sum(label != -100 for i in idx for label in data[i][1][1:])
     return num_tokens
+
+
+def _raise_nonfinite(losses: torch.Tensor, idx: list[int], state: BatchState) -> None:
+    """The error of a batch whose loss or some hooked gradient was not finite (reads values: error path only)."""
+    bad = ~torch.isfinite(losses)
+    if bad.any():
+        raise DeanError(f"the loss of sample {idx[int(bad.nonzero()[0])]} is {losses[bad][0].item()}: "
+                        "the model overflows on it (try float32) or the sample is broken.")
+    raise DeanError(f"non-finite gradient at module {state.first_nonfinite()!r} while scoring sample(s) {idx}: "
+                    "the model overflows (fp16?); score in float32 or bfloat16, or drop those samples.")
+
+
+def _groups(model: nn.Module, names: list[str], layers_per_pass: Optional[int],
+            modules_per_pass: Optional[int]) -> list[tuple[list[str], Optional[nn.Module]]]:
+    """The passes: (module names, the decoder block where the backward may stop, or None for a full backward)."""
+    if layers_per_pass is None:
+        size = modules_per_pass or len(names)
+        return [(names[i:i + size], None) for i in range(0, len(names), size)]
+    from ..mask import layer_index
+
+    blocks = _decoder_blocks(model)
+    by_layer: dict[Optional[int], list[str]] = {}
+    for name in names:
+        index = layer_index(name)
+        by_layer.setdefault(index if index is not None and index < len(blocks) else None, []).append(name)
+    layers = sorted(k for k in by_layer if k is not None)
+    groups: list[tuple[list[str], Optional[nn.Module]]] = []
+    for start in range(0, len(layers), layers_per_pass):
+        chunk = layers[start:start + layers_per_pass]
+        groups.append(([n for layer in chunk for n in by_layer[layer]], blocks[chunk[0]] if chunk[0] > 0 else None))
+    if None in by_layer:  # modules outside the numbered blocks need the whole backward
+        groups.append((by_layer[None], None))
+    return groups
+
+
+def _decoder_blocks(model: nn.Module) -> list[nn.Module]:
+    from ..modules import unwrap_model
+
+    lists = [m for m in unwrap_model(model).modules() if isinstance(m, nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
 
 
 def score_importance(
     model: nn.Module,
-    examples: Iterable[Mapping[str, Any]],
+    examples: Any,
     *,
+    tokenizer: Any = None,
     target_modules: TargetModules = "all-linear",
     scorer: str = "snip",
     batch_size: int = 1,
-    group_by_length: bool = True,
+    keep: float = DEFAULT_KEEP,
+    layers_per_pass: Optional[int] = None,
     modules_per_pass: Optional[int] = None,
+    group_by_length: bool = True,
     trim_logits: bool = True,
     distributed: Optional[bool] = None,
     show_progress: bool = True,
     description: str = "scoring",
+    **data_options: Any,
 ) -> ImportanceScores:
     """Score every weight of the target modules on `examples`, in one forward+backward per batch.
 
-    `examples` are dicts with `input_ids` and `labels` (-100 on prompt tokens). The "snip" score is
-    `|W| * sum_i |dL_i/dW|` with L_i sample i's mean response-token NLL; "wanda" is
-    `|W| * ||X||_2` of the inputs. Padded batches give the scores of `batch_size=1`. The model is
-    left as it was: parameters' `requires_grad` and `.grad`, train/eval mode, no hooks.
+    `examples` are tokenized dicts with `input_ids` and `labels` (-100 on prompt tokens), or, with `tokenizer`,
+    any data `dean_hf.data.as_examples` takes ("embedded:privacy", a CSV path, records, a `datasets.Dataset`);
+    `data_options` (n, seed, max_length, chat_template, prompt_column, ...) go to it. The "snip" score is
+    `|W| * sum_i |dL_i/dW|` with L_i sample i's mean response-token NLL; "wanda" is `|W| * ||X||_2` of the
+    inputs. Padded batches give the scores of `batch_size=1`. The model is left as it was: parameters'
+    `requires_grad` and `.grad`, train/eval mode, no hooks.
 
-    `group_by_length` batches samples of similar length together (less padding; same scores).
-    `modules_per_pass` is the low-memory path: that many modules' accumulators at a time, one pass
-    over the data per group, each group's scores moved to the CPU when done. `trim_logits` computes
-    logits only at the positions the loss reads, for models whose forward takes `logits_to_keep` (set it
-    to False for a model that reads that argument its own way). Under torch.distributed
-    (`distributed=None` detects it), each process scores its share of the samples and the
-    accumulators are summed with one all-reduce: every rank gets the single-process scores.
+    The accumulators (fp32, one per target weight) live on each weight's device. When a pass is done they are
+    reduced to each matrix's top `keep` fraction (default 1e-2: selection then works for every q, p up to
+    1e-2 and gives exactly the dense result) and moved to the CPU; `keep=1.0` keeps dense scores (26 GB for a
+    7B model). `layers_per_pass=k` scores k decoder layers per pass, with only their accumulators alive and the
+    backward stopped below them (one forward+backward per batch per pass; see `dean plan`). `modules_per_pass`
+    splits the modules into passes without stopping the backward. `group_by_length` batches samples of similar
+    length together (less padding; same scores). `trim_logits` computes logits only at the positions the loss
+    reads, for models whose forward takes `logits_to_keep`. Under torch.distributed (`distributed=None`
+    detects it), each process scores its share of the samples and the accumulators are summed with one
+    all-reduce: every rank gets the single-process scores.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DeanError(f"batch_size={batch_size!r}: expected a positive integer.")
-    if modules_per_pass is not None and (not isinstance(modules_per_pass, int) or modules_per_pass < 1):
-        raise DeanError(f"modules_per_pass={modules_per_pass!r}: expected a positive integer or None.")
+    for option, value in (("modules_per_pass", modules_per_pass), ("layers_per_pass", layers_per_pass)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DeanError(f"{option}={value!r}: expected a positive integer or None.")
+    if layers_per_pass is not None and modules_per_pass is not None:
+        raise DeanError("pass layers_per_pass or modules_per_pass, not both.")
+    keep = check_keep(keep)
     score_fn = get_scorer(scorer)
+    if tokenizer is not None or isinstance(examples, (str, os.PathLike)):
+        from ..data import as_examples
+
+        if tokenizer is None:
+            raise DeanError(f"examples={examples!r} is a data name: pass tokenizer=... to tokenize it.")
+        examples = as_examples(examples, tokenizer, **data_options)
+    elif data_options:
+        raise DeanError(f"{sorted(data_options)} are options for data that needs tokenizing: pass tokenizer=....")
     data = _check_examples(examples)
     modules = find_target_modules(model, target_modules)
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
@@ -173,29 +236,26 @@ def score_importance(
     fingerprint = weight_fingerprint(modules)
     rank, world = _distributed(distributed)
     shard = list(range(rank, len(data), world))
-    names = list(modules)
-    size = modules_per_pass or len(names)
-    groups = [names[i:i + size] for i in range(0, len(names), size)]
-    scores: dict[str, torch.Tensor] = {}
+    groups = _groups(model, list(modules), layers_per_pass, modules_per_pass)
+    scores: dict[str, ImportanceScores] = {}
     accumulators: dict[str, torch.Tensor] = {}
     num_tokens = 0
     try:
-        for number, group in enumerate(groups):
+        for number, (group, grad_from) in enumerate(groups):
             sub = {n: modules[n] for n in group}
             accumulators = {n: score_fn.init(m) for n, m in sub.items()}
             desc = description if len(groups) == 1 else f"{description} ({number + 1}/{len(groups)})"
             tokens = _run_pass(model, data, shard, sub, score_fn, accumulators, batch_size=batch_size,
                                group_by_length=group_by_length, trim_logits=trim_logits, pad_id=pad_id, device=device,
-                               show_progress=show_progress and rank == 0, description=desc)
+                               show_progress=_bars_wanted(show_progress) and rank == 0, description=desc,
+                               grad_from=grad_from)
             num_tokens = tokens if number == 0 else num_tokens
             if world > 1:
                 _all_reduce(accumulators)
-            for n in group:
-                score = score_fn.finalize(sub[n], accumulators.pop(n))
-                if not bool(torch.isfinite(score).all()):
-                    raise DeanError(f"the scores of module {n!r} contain NaN or inf: its weights or inputs are "
-                                    "not finite; check the model in float32.")
-                scores[n] = score if len(groups) == 1 else score.cpu()
+            finished = {n: score_fn.finalize(sub[n], accumulators.pop(n)) for n in group}
+            _check_finite_scores(finished)
+            scores[str(number)] = scores_from_accumulators(finished, {}, keep)  # on the CPU, reduced to `keep`
+            del finished
     except BaseException:
         accumulators.clear()
         scores.clear()
@@ -212,10 +272,20 @@ def score_importance(
         "target_modules": target_modules if isinstance(target_modules, str) else list(target_modules),
         "data_fingerprint": data_fingerprint(data),
         "base_model_fingerprint": fingerprint,
+        "keep": keep,
         "dean_hf_version": __version__,
     }
-    logger.info("scored %d modules on %d samples (%d response tokens)", len(scores), len(data), num_tokens)
-    return ImportanceScores(scores, metadata)
+    logger.info("scored %d modules on %d samples (%d response tokens)", len(modules), len(data), num_tokens)
+    return ImportanceScores.merge(list(scores.values()), metadata, order=list(modules))
+
+
+def _check_finite_scores(scores: Mapping[str, torch.Tensor]) -> None:
+    """One read for all modules of a pass (not one per module): are the finished scores finite?"""
+    flags = torch.stack([torch.isfinite(s).all().to(next(iter(scores.values())).device) for s in scores.values()])
+    if not bool(flags.all()):
+        bad = next(n for n, s in scores.items() if not bool(torch.isfinite(s).all()))
+        raise DeanError(f"the scores of module {bad!r} contain NaN or inf: its weights or inputs are not finite; "
+                        "check the model in float32.")
 
 
 def _all_reduce(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
