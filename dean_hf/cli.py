@@ -73,6 +73,7 @@ def cmd_score(args) -> None:
 
     check_writable(args.out, "--out")
     config = DeanConfig(num_samples=args.n, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size,
+                        keep=args.keep,
                         scorer=args.scorer, target_modules=_targets(args.target_modules),
                         chat_template=not args.no_chat_template)
     load_kwargs = {"split": args.split, "prompt_column": args.prompt_column, "response_column": args.response_column}
@@ -157,6 +158,9 @@ def cmd_eval(args) -> None:
     from .eval.report import write_report
     from .experiments import before_after, embedded_questions
 
+    from .io import check_writable
+
+    check_writable(args.out, "--out")
     model, tokenizer = _load(args)
     questions = embedded_questions()
     if args.questions:
@@ -235,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "name suffixes, or a regex")
     p.add_argument("--scorer", default="snip", help="importance scorer: snip or wanda")
     p.add_argument("--batch-size", type=_positive, default=1, help="samples per forward/backward pass")
+    p.add_argument("--keep", type=_fraction, default=1e-2, help="fraction of each matrix's scores kept (their top "
+                                                               "entries): any q, p up to it select exactly; 1 keeps "
+                                                               "dense scores (default 1e-2)")
     p.add_argument("--max-length", type=_positive, default=512, help="tokens kept per example")
     p.add_argument("--no-chat-template", action="store_true", help="concatenate prompt and response as plain text")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

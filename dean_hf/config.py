@@ -113,6 +113,10 @@ class DeanConfig:
                                                                 "False concatenates prompt and response as the "
                                                                 "reference code did."})
     batch_size: int = field(default=1, metadata={"help": "Samples per forward/backward pass while scoring."})
+    keep: float = field(default=1e-2, metadata={"help": "Fraction of each matrix's scores kept once a data set is "
+                                                        "scored (its top entries, in selection's order): selection "
+                                                        "works exactly for every q, p up to it; 1 keeps dense scores "
+                                                        "(26 GB per data set for a 7B model)."})
     legacy: bool = field(default=False, metadata={"help": "Reproduce the reference code's selection, including its "
                                                           "position-by-position AND of the two sets (a defect)."})
     base_model_name_or_path: Optional[str] = field(default=None, metadata={"help": "The model the mask was made for."})
@@ -136,6 +140,7 @@ class DeanConfig:
         """Raise DeanError naming the first field whose type or range is wrong."""
         _check_fraction("q", self.q)
         _check_fraction("p", self.p)
+        _check_fraction("keep", self.keep)
         if isinstance(self.target_modules, list):
             _check_text_list("target_modules", self.target_modules)
         else:

@@ -29,7 +29,7 @@ def _cache_key(model: nn.Module, fingerprint: str, config: DeanConfig) -> str:
     weights = weight_fingerprint(find_target_modules(model, config.target_modules))  # a fine-tuned copy differs
     parts = {"model": getattr(cfg, "_name_or_path", None) or type(model).__name__,
              "revision": getattr(cfg, "_commit_hash", None), "weights": weights, "data": fingerprint,
-             "scorer": config.scorer, "target_modules": config.target_modules}
+             "scorer": config.scorer, "target_modules": config.target_modules, "keep": config.keep}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -80,12 +80,12 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str
                     reused.append(name)
                 continue
         scores = score_importance(model, examples, target_modules=config.target_modules, scorer=config.scorer,
-                                  batch_size=config.batch_size, show_progress=show_progress,
+                                  batch_size=config.batch_size, keep=config.keep, show_progress=show_progress,
                                   description=f"scoring {name}")
         meta = {**scores.metadata, "dataset": name, "cache_key": key, "num_truncated": examples.num_truncated,
                 "num_dropped": examples.num_dropped, "seed": config.seed, "max_length": config.max_length,
                 "chat_template": config.chat_template}
-        scores = ImportanceScores(dict(scores), meta)
+        scores = scores.with_metadata(meta)
         if path is None:
             results[name] = scores
             continue

@@ -44,8 +44,11 @@ def test_score_select_apply_eval(workspace):
     files = sorted(p.name for p in (w / "scores").iterdir())
     assert files == ["fairness.safetensors", "general.safetensors", "privacy.safetensors"]
     before = (w / "scores" / "fairness.safetensors").stat().st_mtime_ns
-    dean("score", "--model", w / "model", *data, "--n", 4, "--out", w / "scores", "--quiet", "--max-length", 64)
+    again = dean("score", "--model", w / "model", *data, "--n", 4, "--out", w / "scores", "--quiet",
+                 "--max-length", 64)
     assert (w / "scores" / "fairness.safetensors").stat().st_mtime_ns == before  # cached, not recomputed
+    assert again.stdout.count("reused (same model, data and options)") == 3  # and it says so
+    assert "it/s" not in again.stderr and "%|" not in again.stderr  # --quiet: no bar of ours or datasets'/transformers'
 
     out = dean("select", "--scores", w / "scores", "--q", 0.05, "--p", 0.05, "--out", w / "mask")
     assert "per layer: 0:" in out.stdout and "per module type:" in out.stdout

@@ -351,3 +351,17 @@ def test_loading_a_model_by_name_passes_options_on(tmp_path, monkeypatch):
                                         device_map="cpu", model_revision="v1", check_base_model=True)
     assert seen["dtype"] is torch.bfloat16 and seen["device_map"] == "cpu" and seen["revision"] == "v1"
     assert loaded.dtype == torch.bfloat16 and loaded.active_adapter == "default"
+
+
+def test_fit_takes_the_clis_data_names(tokenizer, tmp_path):
+    model = make_model("llama")
+    original = weights(model)
+    editor = DeanEditor(model, DeanConfig(q=0.2, p=0.05, num_samples=3, max_length=64))
+    mask = editor.fit(tokenizer, {"fairness": "embedded:fairness", "privacy": "embedded:privacy"}, "embedded:general",
+                      show_progress=False, cache_dir=tmp_path / "scores")
+    assert mask.num_masked > 0 and editor.dean_config.dataset_sources == {
+        "fairness": "embedded:fairness", "privacy": "embedded:privacy", "general": "embedded:general"}
+    assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == [
+        "fairness.safetensors", "general.safetensors", "privacy.safetensors"]
+    editor.unload()
+    assert same_weights(model, original)

@@ -42,7 +42,7 @@ def restrict(scores: ImportanceScores, target_modules: TargetModules) -> Importa
     """The scores of the modules matching `target_modules` ('all-linear' keeps all)."""
     if isinstance(target_modules, str) and target_modules == "all-linear":
         return scores
-    return ImportanceScores({n: scores[n] for n in scores if _matches(n, target_modules)}, scores.metadata)
+    return scores.subset(n for n in scores if _matches(n, target_modules))
 
 
 def rate_text(entry: Mapping[str, Any]) -> str:

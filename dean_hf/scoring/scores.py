@@ -195,6 +195,13 @@ class ImportanceScores(Mapping):
                                 parts[0].keep, metadata)
         return cls({n: owner[n][n] for n in names}, metadata)
 
+    def with_metadata(self, metadata: Mapping[str, Any]) -> "ImportanceScores":
+        """The same scores (same form, nothing copied) with `metadata`."""
+        other = ImportanceScores.__new__(ImportanceScores)
+        other.__dict__.update(self.__dict__)
+        other.metadata = MappingProxyType(dict(metadata))
+        return other
+
     def subset(self, names: Iterable[str]) -> "ImportanceScores":
         """The scores of the modules `names` only (same form, same metadata)."""
         names = [n for n in names if n in self._shapes]
