@@ -36,6 +36,7 @@ bench-quick: install
 	cd benchmarks && $(abspath $(BIN))/python bench_scoring.py --quick --arch qwen2-7b --dtype bfloat16
 	cd benchmarks && $(abspath $(BIN))/python bench_memory.py --quick
 	cd benchmarks && $(abspath $(BIN))/python bench_select.py --quick
+	cd benchmarks && $(abspath $(BIN))/python bench_scale.py --quick
 	cd benchmarks && $(abspath $(BIN))/python reproduce_reference.py --quick --out $(abspath dean_runs/reference-quick)
 
 clean:

@@ -138,6 +138,20 @@ class Timer:
         return False
 
 
+def write_section(path: Path | str, name: str, text: str) -> None:
+    """Put `text` into the Markdown file `path` between `<!-- begin NAME -->` and `<!-- end NAME -->`, replacing
+    that section if it is there and keeping the rest of the file: several scripts share RESULTS.md."""
+    path = Path(path)
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):].lstrip("\n")
+    else:
+        new = (old.rstrip() + "\n\n" if old.strip() else "") + block
+    path.write_text(new, encoding="utf-8")
+
+
 def fmt(x: float) -> str:
     return f"{x:.2f}"
 

@@ -113,10 +113,15 @@ def main() -> None:
             "robustness": robust, "minutes": minutes, "command": command}
     files = write_report(out, "report", data, title="DEAN on SmolLM2-135M-Instruct: reference run", tables=tables,
                          notes=notes, plots=plots)
-    if args.table:
-        write_report(Path(args.table).parent, Path(args.table).stem, data, title="DEAN on SmolLM2-135M-Instruct: "
-                     "reference run", tables=tables, notes=notes)
-        Path(args.table).with_suffix(".json").unlink()  # only the Markdown table is committed
+    if args.table:  # its own section of the table file (bench_scale.py writes another)
+        import tempfile
+
+        from _common import write_section
+
+        with tempfile.TemporaryDirectory() as tmp:
+            md = write_report(tmp, "table", data, title="DEAN on SmolLM2-135M-Instruct: reference run",
+                              tables=tables, notes=notes)["markdown"]
+            write_section(args.table, "reference", Path(md).read_text(encoding="utf-8"))
     print(f"report -> {files['markdown']} ({minutes:.1f} min)")
 
 

@@ -210,6 +210,29 @@ def _write_evaluation_into_card(args, editor, files, judge) -> None:
     print(f"evaluation written into {folder / CARD_NAME}")
 
 
+def cmd_plan(args) -> None:
+    from .plan import estimate_memory
+
+    max_memory = None
+    if args.max_memory:
+        max_memory = {}
+        for item in args.max_memory.split(","):
+            key, sep, size = item.partition("=")
+            if not sep or not key or not size:
+                raise DeanError(f"--max-memory {item!r}: expected DEVICE=SIZE pairs, e.g. 0=80GiB,1=80GiB,cpu=200GiB")
+            max_memory[int(key) if key.isdigit() else key] = size
+    plan = estimate_memory(args.model, dtype=args.dtype, batch_size=args.batch_size, max_length=args.max_length,
+                           response_tokens=args.response_tokens, target_modules=_targets(args.target_modules),
+                           max_memory=max_memory)
+    print(plan.to_text())
+    if args.json:
+        import json
+
+        from .io import atomic_write_json
+
+        atomic_write_json(args.json, json.loads(json.dumps(plan.to_dict(), default=str)))
+
+
 def cmd_demo(args) -> None:
     from .experiments import run_demo
 
@@ -288,6 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval_report", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plan", help="memory needed to score and apply, per device, from a model's config alone")
+    p.add_argument("model", help="a config.json, a model folder, 'default', or a Hub id (online)")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weights dtype")
+    p.add_argument("--batch-size", type=_positive, default=1, help="samples per forward/backward pass")
+    p.add_argument("--max-length", type=_positive, default=512, help="tokens per sample")
+    p.add_argument("--response-tokens", type=_positive, default=None,
+                   help="positions the loss reads per sample (default: all of --max-length)")
+    p.add_argument("--target-modules", default="all-linear", help="modules scored (as dean score)")
+    p.add_argument("--max-memory", default=None, help="devices and their memory, e.g. 0=80GiB,1=80GiB,cpu=200GiB: "
+                                                      "suggests a device_map and layers per pass")
+    p.add_argument("--json", default=None, help="also write the plan as JSON to this file")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("demo", help="score -> select -> apply -> evaluate on the embedded model and data")
     p.add_argument("--model", default="default", help="model (default: embedded SmolLM2-135M-Instruct)")

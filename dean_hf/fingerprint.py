@@ -14,6 +14,7 @@ from torch import nn
 
 from .errors import DeanError, quote
 from .logging import get_logger
+from .offload import readable
 
 logger = get_logger(__name__)
 PROBES = 8
@@ -69,9 +70,10 @@ def weight_fingerprint(modules: Mapping[str, nn.Module]) -> dict[str, Any]:
     """Probe values of each module's weight at a few fixed positions (take it on the original weights)."""
     probes = {}
     for name, module in modules.items():
-        flat = _readable(name, module.weight)
-        positions = _positions(flat.numel())
-        values = flat[torch.tensor(positions, dtype=torch.int64, device=flat.device)].float().cpu().tolist()
+        with readable(module):  # accelerate-offloaded weights are loaded to the CPU for the read
+            flat = _readable(name, module.weight)
+            positions = _positions(flat.numel())
+            values = flat[torch.tensor(positions, dtype=torch.int64, device=flat.device)].float().cpu().tolist()
         probes[name] = {str(i): float(v) for i, v in zip(positions, values)}  # one device read per module
     return {"probes": probes}
 
@@ -94,16 +96,17 @@ def check_fingerprint(fingerprint: Mapping[str, Any] | None, modules: Mapping[st
     for name, values in fingerprint["probes"].items():
         if name not in modules or not values:
             continue  # names are checked separately, with a clearer message
-        flat = _readable(name, modules[name].weight)
         positions = torch.tensor([int(p) for p in values], dtype=torch.int64)
         expected = torch.tensor(list(values.values()), dtype=torch.float64)
-        keep = positions < flat.numel()
-        if name in masked:
-            keep &= ~torch.isin(positions, masked[name].to("cpu", torch.int64))
-        positions, expected = positions[keep], expected[keep]
-        if not positions.numel():
-            continue
-        actual = flat[positions.to(flat.device)].double().cpu()  # one device read per module
+        with readable(modules[name]):  # accelerate-offloaded weights are loaded to the CPU for the read
+            flat = _readable(name, modules[name].weight)
+            keep = positions < flat.numel()
+            if name in masked:
+                keep &= ~torch.isin(positions, masked[name].to("cpu", torch.int64))
+            positions, expected = positions[keep], expected[keep]
+            if not positions.numel():
+                continue
+            actual = flat[positions.to(flat.device)].double().cpu()  # one device read per module
         compared += positions.numel()
         close = (actual - expected).abs() <= torch.maximum(1e-2 * torch.maximum(actual.abs(), expected.abs()),
                                                            torch.tensor(1e-3, dtype=torch.float64))

@@ -77,6 +77,14 @@ def materialize_default(force: bool = False) -> Path:
     return target
 
 
+def _check_model_name(path: str) -> None:
+    """Fail at once (no Hub retries) for a name that is neither a local folder nor a Hub model id."""
+    from .hub import is_hub_id
+
+    if not Path(path).exists() and not is_hub_id(path):
+        raise DeanError(f"model {path!r} is neither a local folder nor a Hub model id (user/name): check the path.")
+
+
 def resolve_model_path(name: str) -> str:
     """The path or Hub id to load for `name` ('default' and 'smollm2-135m-instruct' name the embedded model)."""
     return str(materialize_default()) if name.lower() in DEFAULT_ALIASES else name
@@ -94,6 +102,7 @@ def load_model(name: str, *, dtype: Any = "auto", device_map: Any = None, trust_
     if isinstance(dtype, str) and dtype not in _DTYPES:
         raise DeanError(f"dtype={dtype!r}: expected one of {_DTYPES} or a torch dtype.")
     path = resolve_model_path(name)
+    _check_model_name(path)
     _refuse_pickle_only(path)
     kwargs = {**kwargs, "dtype": getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype,
               "trust_remote_code": trust_remote_code}
@@ -115,6 +124,7 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False, revision: Opti
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
+    _check_model_name(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as err:

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -61,6 +62,9 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str
     and options is reused instead of recomputed (its name is appended to `reused`). A file there that dean_hf
     did not write is never replaced (DeanError before any scoring). Without `out_dir`, scores stay in memory.
     """
+    from .scoring.engine import _distributed
+
+    rank, world = _distributed(None)
     if out_dir is not None:
         check_score_files(out_dir, list(records))
     results = {}
@@ -68,31 +72,66 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str
         examples = build_examples(drawn, tokenizer, chat_template=config.chat_template, max_length=config.max_length)
         key = _cache_key(model, data_fingerprint([(e["input_ids"], e["labels"]) for e in examples]), config)
         path = Path(out_dir) / f"{name}.safetensors" if out_dir is not None else None
-        if path is not None and path.is_file():
-            try:
-                cached = ImportanceScores.load(path, lazy=True)
-            except DeanError:
-                cached = None
-            if cached is not None and cached.metadata.get("cache_key") == key:
+        # Rank 0 alone reads and writes the cache, under a file lock against other runs on the same folder; it
+        # tells the other ranks whether to score, so that every rank takes part in the same all-reduces.
+        with _cache_lock(path) if path is not None and rank == 0 else nullcontext():
+            cached = _cached(path, key) if path is not None and rank == 0 else None
+            if world > 1:
+                cached = _share_decision(cached, path)
+            if cached is not None:
                 logger.info("reusing %s (same model, data and options)", path)
                 results[name] = cached
                 if reused is not None:
                     reused.append(name)
                 continue
-        scores = score_importance(model, examples, target_modules=config.target_modules, scorer=config.scorer,
-                                  batch_size=config.batch_size, keep=config.keep, show_progress=show_progress,
-                                  description=f"scoring {name}")
-        meta = {**scores.metadata, "dataset": name, "cache_key": key, "num_truncated": examples.num_truncated,
-                "num_dropped": examples.num_dropped, "seed": config.seed, "max_length": config.max_length,
-                "chat_template": config.chat_template}
-        scores = scores.with_metadata(meta)
-        if path is None:
-            results[name] = scores
-            continue
-        scores.save(path)
-        del scores
-        results[name] = ImportanceScores.load(path, lazy=True)
+            scores = score_importance(model, examples, target_modules=config.target_modules, scorer=config.scorer,
+                                      batch_size=config.batch_size, keep=config.keep, show_progress=show_progress,
+                                      description=f"scoring {name}")
+            meta = {**scores.metadata, "dataset": name, "cache_key": key, "num_truncated": examples.num_truncated,
+                    "num_dropped": examples.num_dropped, "seed": config.seed, "max_length": config.max_length,
+                    "chat_template": config.chat_template}
+            scores = scores.with_metadata(meta)
+            if path is None or rank != 0:
+                results[name] = scores
+                continue
+            scores.save(path)
+            del scores
+            results[name] = ImportanceScores.load(path, lazy=True)
     return results
+
+
+def _cache_lock(path: Path):
+    """A file lock for one cache file, kept in dean_hf's own cache folder (as huggingface_hub keeps its `.locks`),
+    so that the output folder holds only the score files."""
+    from filelock import FileLock
+
+    from .models import cache_dir
+
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:32]
+    return FileLock(str(locks / f"{digest}.lock"))
+
+
+def _cached(path: Path, key: str) -> Optional[ImportanceScores]:
+    if not path.is_file():
+        return None
+    try:
+        cached = ImportanceScores.load(path, lazy=True)
+    except DeanError:
+        return None
+    return cached if cached.metadata.get("cache_key") == key else None
+
+
+def _share_decision(cached: Optional[ImportanceScores], path: Optional[Path]) -> Optional[ImportanceScores]:
+    """Rank 0's cache decision on every rank: reuse (others load the file rank 0 checked) or score."""
+    import torch.distributed as dist
+
+    decision = [cached is not None]
+    dist.broadcast_object_list(decision, src=0)
+    if not decision[0]:
+        return None
+    return cached if cached is not None else ImportanceScores.load(path, lazy=True)
 
 
 def score_datasets(model: nn.Module, tokenizer: Any, targets: Mapping[str, Any], general: Optional[Any],

@@ -16,8 +16,11 @@ from torch import nn
 from .config import DeanConfig
 from .errors import DeanError, quote
 from .mask import NeuronMask
+from .logging import get_logger
 from .modules import is_tied_head, resolve_modules, unwrap_model
+from .offload import attach_mask, detach_mask, is_offloaded, write_zeros
 
+logger = get_logger(__name__)
 _STATES: "weakref.WeakKeyDictionary[nn.Module, MaskState]" = weakref.WeakKeyDictionary()
 
 
@@ -65,7 +68,7 @@ class MaskState:
             if tuple(weight.shape) != tuple(mask.shapes[name]):
                 raise DeanError(f"module {quote(name)} has weight shape {tuple(weight.shape)}, the mask expects "
                                 f"{tuple(mask.shapes[name])}: it was made for another model size.")
-            if weight.device.type == "meta":
+            if weight.device.type == "meta" and not is_offloaded(module):
                 raise DeanError(f"the weight of {quote(name)} is on the meta device (offloaded by accelerate, or "
                                 "built with init_empty_weights): load the model onto real devices (no offloading) "
                                 "before applying a mask, or merge the mask into a saved checkpoint with `dean apply`.")
@@ -118,11 +121,15 @@ class MaskState:
     @torch.no_grad()
     def _apply(self, name: str, modules: dict[str, nn.Module]) -> None:
         mask = self.masks[name]
-        flats = {n: m.weight.data.view(-1) for n, m in modules.items()}
+        resident = {n: m for n, m in modules.items() if not is_offloaded(m)}
+        flats = {n: m.weight.data.view(-1) for n, m in resident.items()}
         indices = {n: mask[n].to(flat.device, non_blocking=True) for n, flat in flats.items()}
         originals = {n: flat[indices[n]].clone() for n, flat in flats.items()}
         for n, flat in flats.items():  # everything is read before anything is written
             flat[indices[n]] = 0
+        for n, module in modules.items():
+            if n not in resident:  # accelerate loads it for each forward: zero the entries at each load
+                attach_mask(module, mask[n])
         self._originals, self.active = originals, name
 
     @torch.no_grad()
@@ -130,10 +137,13 @@ class MaskState:
         if self.active is None:
             return
         mask = self.masks[self.active]
-        modules = resolve_modules(self.model, list(self._originals))
-        for n, values in self._originals.items():
-            flat = modules[n].weight.data.view(-1)
-            flat[mask[n].to(flat.device, non_blocking=True)] = values.to(flat.device, flat.dtype)
+        modules = resolve_modules(self.model, list(mask))
+        for n, module in modules.items():
+            if is_offloaded(module):
+                detach_mask(module)
+            elif n in self._originals:
+                flat = module.weight.data.view(-1)
+                flat[mask[n].to(flat.device, non_blocking=True)] = self._originals[n].to(flat.device, flat.dtype)
         self._originals, self.active = {}, None
 
     def deactivate(self) -> None:
@@ -154,12 +164,26 @@ class MaskState:
             if active is not None:  # in nested blocks only the outermost had a mask to re-apply
                 self._apply(active, self.modules_of(self.masks[active]))
 
+    def _merge_offloaded(self) -> None:
+        """Write the active mask's zeros into accelerate's stored weights where they are kept in memory; weights
+        loaded from disk keep the zeroing hook, so the model stays edited."""
+        mask = self.masks[self.active]
+        for n, module in resolve_modules(self.model, list(mask)).items():
+            if is_offloaded(module) and write_zeros(module, mask[n]):
+                detach_mask(module)
+            elif is_offloaded(module):
+                logger.warning("%s is offloaded to disk: the mask stays applied by a hook at each load (the files "
+                               "in the offload folder are not changed). Save a merged checkpoint with `dean apply` "
+                               "to keep the zeros for good.", n)
+
     # ------------------------------------------------------------------ leaving
     def clear(self, *, keep_edits: bool) -> None:
         """Forget every mask: restore the original weights first, or (`keep_edits`) keep the applied zeros."""
         self.check_changeable("unload/merge_and_unload")
         if not keep_edits:
             self._restore()
+        elif self.active is not None:
+            self._merge_offloaded()
         self._originals, self.active = {}, None
         self.masks.clear()
         self.configs.clear()

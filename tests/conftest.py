@@ -59,6 +59,11 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tokenizer():
     """A byte-level BPE tokenizer trained on a few sentences, with a ChatML template."""
+    return tokenizer_for_scripts()
+
+
+def tokenizer_for_scripts():
+    """The `tokenizer` fixture's tokenizer, for helper scripts run outside pytest."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 

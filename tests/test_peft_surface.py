@@ -361,7 +361,7 @@ def test_fit_takes_the_clis_data_names(tokenizer, tmp_path):
                       show_progress=False, cache_dir=tmp_path / "scores")
     assert mask.num_masked > 0 and editor.dean_config.dataset_sources == {
         "fairness": "embedded:fairness", "privacy": "embedded:privacy", "general": "embedded:general"}
-    assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "scores").glob("*.safetensors")) == [
         "fairness.safetensors", "general.safetensors", "privacy.safetensors"]
     editor.unload()
     assert same_weights(model, original)

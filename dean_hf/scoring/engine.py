@@ -85,7 +85,12 @@ def _collate(examples, idx: list[int], pad_id: int, device: torch.device):
 
 
 def _input_device(model: nn.Module) -> torch.device:
+    from ..offload import offload_hook
+
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    hook = offload_hook(embeddings) if embeddings is not None else None
+    if hook is not None and hook.execution_device is not None:  # offloaded: inputs go where it computes
+        return torch.device(hook.execution_device)
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
         return embeddings.weight.device
     return next(model.parameters()).device

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import DeanError
+from ..offload import stream_saved_weights
 from .scorers import Scorer
 
 
@@ -152,7 +153,8 @@ def scoring_hooks(model: nn.Module, modules: dict[str, nn.Module], scorer: Score
                                 "scorers need it to start the backward pass. Use scorer='wanda'.")
             handles.append(embeddings.register_forward_hook(_make_input_require_grad))
         handles.extend(add_score_hooks(modules, scorer, accumulators, state))
-        yield state
+        with stream_saved_weights(model):  # accelerate-offloaded weights are not kept for the backward pass
+            yield state
     finally:
         for handle in handles:
             handle.remove()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import DeanError
+from ..offload import readable, storage_device
 from ..targets import is_conv1d
 
 _SCORERS: dict[str, type["Scorer"]] = {}
@@ -52,9 +53,8 @@ class Scorer:
     needs_backward = False
 
     def init(self, module: nn.Module) -> torch.Tensor:
-        """A fresh accumulator for `module`."""
-        w = module.weight
-        return torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        """A fresh accumulator for `module`, where its weight is kept (the CPU for accelerate-offloaded weights)."""
+        return torch.zeros(module.weight.shape, dtype=torch.float32, device=storage_device(module))
 
     def on_forward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, token_mask: torch.Tensor) -> None:
         """Called with the module input `x` (B, T, in) and the real-token mask (B, T)."""
@@ -69,6 +69,29 @@ class Scorer:
         raise NotImplementedError
 
 
+def _bf16_fp32_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(a, b, out_dtype=torch.float32)
+
+
+_OUT_DTYPE_WORKS: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _fp32_product(x: torch.Tensor):
+    """The batched product that gives fp32 per-sample gradients: for bf16/fp16 activations on a GPU, a product of
+    the 16-bit inputs with fp32 accumulation and fp32 output (the same numbers as casting them to fp32 first, at
+    the tensor cores' 16-bit rate instead of the fp32 rate); elsewhere fp32 inputs and `torch.bmm`."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or x.device.type != "cuda":
+        return torch.bmm
+    key = (x.device.type, x.dtype)
+    if key not in _OUT_DTYPE_WORKS:
+        try:
+            probe = torch.ones(1, 2, 2, dtype=x.dtype, device=x.device)
+            _OUT_DTYPE_WORKS[key] = _bf16_fp32_bmm(probe, probe).dtype == torch.float32
+        except (RuntimeError, TypeError):
+            _OUT_DTYPE_WORKS[key] = False
+    return _bf16_fp32_bmm if _OUT_DTYPE_WORKS[key] else torch.bmm
+
+
 @register_scorer("snip")
 class SnipScorer(Scorer):
     """SNIP: `|W| * sum_i |dL_i/dW|`, the absolute value taken per sample before the sum."""
@@ -77,23 +100,30 @@ class SnipScorer(Scorer):
 
     def on_backward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
                     lengths: list[int]) -> None:
-        x = x.to(device=acc.device, dtype=torch.float32)
-        g = g.to(device=acc.device, dtype=torch.float32)
+        # The products run where the activations are; an offloaded module's accumulator (on the CPU) gets the sum.
+        g = g.to(device=x.device)
+        product = _fp32_product(x)
+        if product is torch.bmm:  # fp32 inputs (CPU, or a float32 model)
+            x, g = x.to(torch.float32), g.to(torch.float32)
         # Per-sample weight gradient: Linear stores (out, in) -> g^T x; Conv1D stores (in, out) -> x^T g.
         left, right = (x, g) if is_conv1d(module) else (g, x)
         if len(set(lengths)) > 1 or lengths[0] != x.shape[1]:
             # Ragged batch: one product per sample over its real tokens only, so padding costs nothing here.
+            total = acc if acc.device == x.device else torch.zeros_like(acc, device=x.device)
             for i, n in enumerate(lengths):
-                acc.add_(torch.mm(left[i, :n].T, right[i, :n]).abs_())
+                total.add_(product(left[i:i + 1, :n].transpose(1, 2), right[i:i + 1, :n])[0].abs_())
+            if total is not acc:
+                acc.add_(total.to(acc.device))
             return
         left = left.transpose(1, 2)
         per_block = max(1, _MAX_BLOCK_ELEMENTS // max(1, acc.numel()))
         for start in range(0, x.shape[0], per_block):
-            block = torch.bmm(left[start:start + per_block], right[start:start + per_block])
-            acc.add_(block.abs_().sum(0))
+            block = product(left[start:start + per_block], right[start:start + per_block]).abs_()
+            acc.add_((block[0] if block.shape[0] == 1 else block.sum(0)).to(acc.device))
 
     def finalize(self, module: nn.Module, acc: torch.Tensor) -> torch.Tensor:
-        return acc.mul_(module.weight.detach().to(torch.float32).abs())
+        with readable(module):  # |W| is read once, at the end (offloaded weights are loaded for it)
+            return acc.mul_(module.weight.detach().to(acc.device, torch.float32).abs())
 
 
 @register_scorer("wanda")
@@ -103,14 +133,15 @@ class WandaScorer(Scorer):
     def init(self, module: nn.Module) -> torch.Tensor:
         w = module.weight
         in_features = w.shape[0] if is_conv1d(module) else w.shape[1]
-        return torch.zeros(in_features, dtype=torch.float32, device=w.device)
+        return torch.zeros(in_features, dtype=torch.float32, device=storage_device(module))
 
     def on_forward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, token_mask: torch.Tensor) -> None:
-        x = x.to(device=acc.device, dtype=torch.float32)
-        mask = token_mask.to(device=acc.device, dtype=torch.float32)
-        acc.add_(torch.einsum("bti,bt->i", x * x, mask))
+        x = x.to(dtype=torch.float32)
+        mask = token_mask.to(device=x.device, dtype=torch.float32)
+        acc.add_(torch.einsum("bti,bt->i", x * x, mask).to(acc.device))
 
     def finalize(self, module: nn.Module, acc: torch.Tensor) -> torch.Tensor:
         norms = acc.sqrt_()
         norms = norms[:, None] if is_conv1d(module) else norms[None, :]
-        return module.weight.detach().to(torch.float32).abs() * norms
+        with readable(module):
+            return module.weight.detach().to(acc.device, torch.float32).abs() * norms
