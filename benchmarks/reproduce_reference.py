@@ -4,13 +4,18 @@ Before/after, a q x modules sweep, the LoRA SFT baseline (and DEAN after it), ro
 unsafe-only data; all judged by the offline rule judge on SALAD-Bench questions. Writes report.json,
 report.md and PNG plots into --out, and with --table the committed results table.
 
-    cd benchmarks && ../.venv/bin/python reproduce_reference.py --table RESULTS.md   # full (40 min on 2 CPU cores)
+    cd benchmarks && ../.venv/bin/python reproduce_reference.py --table RESULTS.md   # full: every SALAD question
     cd benchmarks && ../.venv/bin/python reproduce_reference.py --quick              # minutes, tiny settings
+    cd benchmarks && ../.venv/bin/python reproduce_reference.py --rejudge dean_runs/reference/report.json \
+        --table RESULTS.md                                                             # judge stored answers again
+
+Answers are stored, so a better judge (or its new calibration) is applied without generating again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from pathlib import Path
@@ -20,9 +25,12 @@ from _common import REFERENCE
 from dean_hf.config import DeanConfig
 from dean_hf.data import load_records
 from dean_hf.editor import DeanEditor
-from dean_hf.eval import judge_note
+from dean_hf.eval.generate import generation_batch_size
 from dean_hf.eval.report import plot_awareness, plot_mask_per_layer, write_report
-from dean_hf.experiments import dean_setting, finetune_variants, measure, rate_text, robustness, sweep
+from dean_hf.experiments import (change_text, compare_rows, corrected_text, dean_setting, finetune_variants, measure,
+                                 rate_text, robustness, sweep)
+from dean_hf.experiments.common import awareness_entry
+from dean_hf.provenance import environment
 from dean_hf.models import load_model, load_tokenizer
 from dean_hf.pipeline import score_datasets_cached
 from dean_hf.selection import select_coupled_neurons
@@ -35,8 +43,60 @@ UNSAFE = {"fairness": "beaver_train330k_fairness_unsafe_1k.csv", "privacy": "bea
 
 def row_cells(label: str, r: dict) -> list:
     if "fairness" not in r:
-        return [label, r.get("masked", 0), "nothing selected: model unchanged", "", ""]
-    return [label, r.get("masked", 0), rate_text(r["fairness"]), rate_text(r["privacy"]), f"{r['perplexity']:.2f}"]
+        return [label, r.get("masked", 0), "nothing selected: model unchanged", "", "", "", "", "", ""]
+    cells = [label, r.get("masked", 0)]
+    for d in ("fairness", "privacy"):
+        cells += [rate_text(r[d]), corrected_text(r[d]), change_text(r[d])]
+    return cells + [f"{r['perplexity']:.2f}"]
+
+
+HEADER = ["setting", "weights zeroed", "fairness: judge's rate [95% CI]", "fairness: corrected [95% CI]",
+          "fairness: change vs base [paired 95% CI]; flips; McNemar p", "privacy: judge's rate [95% CI]",
+          "privacy: corrected [95% CI]", "privacy: change vs base [paired 95% CI]; flips; McNemar p", "perplexity"]
+
+
+def rejudge(row: dict, judge, agreement) -> None:
+    """Judge a measured row's stored answers again (with `judge`) and recompute its figures."""
+    from dean_hf.eval import judge_answers
+
+    for d in ("fairness", "privacy"):
+        if d in row and "answers" in row[d]:
+            records = row[d]["answers"]
+            result = judge_answers(judge, d, [r["question"] for r in records], [r["answer"] for r in records])
+            row[d] = awareness_entry(result, agreement, keep_answers=True)
+
+
+def analyse(data: dict, judge) -> tuple[list, list]:
+    """Tables and notes from stored answers: every setting judged by `judge`, corrected for its measured error,
+    and compared with the base model on the same questions (Holm over the settings of each table)."""
+    from dean_hf.eval import agreement_of, judge_note
+
+    agreement = agreement_of(judge)
+    groups = {"sweep": data["sweep"], "sft": list(data["sft"].values()), "robustness": data["robustness"]}
+    rejudge(data["base"], judge, agreement)
+    for rows in groups.values():
+        for row in rows:
+            rejudge(row, judge, agreement)
+        compare_rows(data["base"], rows, ["fairness", "privacy"])
+    main_rows = [row_cells("base model", data["base"]),
+                 row_cells("DEAN, paper setting (p = q = 5e-7, MLP)", {"masked": data["paper_setting_masked"]})]
+    main_rows += [row_cells(f"DEAN {r['modules']}, q = p = {r['q']:g}", r) for r in data["sweep"]]
+    sft_rows = [row_cells(name, r) for name, r in data["sft"].items()]
+    robust_rows = [row_cells(f"DEAN mlp q = p = 1e-3, {r['data']}, n = {r['n']}", r) for r in data["robustness"]]
+    nq = {d: data["base"][d]["n"] for d in ("fairness", "privacy")}
+    notes = [judge_note(judge),
+             f"SALAD-Bench questions: {nq['fairness']} fairness and {nq['privacy']} privacy ({data['question_set']}), "
+             f"greedy, {data['max_new_tokens']} new tokens, prompt format {data['prompt_format']}; scoring on "
+             f"{data['n']} samples per data set (seed 0). Every setting answers the same questions as the base "
+             "model, so changes are paired: the exact McNemar test on the answers that flipped, a paired bootstrap "
+             "interval for the change, and Holm's adjustment over the settings of each table.",
+             f"Paper setting p = q = 5e-7 selects {data['paper_setting_masked']} weights on this model: "
+             "floor(5e-7 x numel) is 0 for every matrix of a 135M model.",
+             f"Ran in {data['minutes']:.1f} min on {data['machine']}, {data['date']}. Command: `{data['command']}`"]
+    tables = [("Before vs after DEAN (sweep over q and modules)", HEADER, main_rows),
+              ("SFT baseline (LoRA with peft) and DEAN after it", HEADER, sft_rows),
+              ("Robustness: few samples and unsafe-only data", HEADER, robust_rows)]
+    return tables, notes
 
 
 def main() -> None:
@@ -44,13 +104,66 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="dean_runs/reference")
     parser.add_argument("--table", default=None, help="also write the results table (Markdown) here")
-    parser.add_argument("--questions", type=int, default=80, help="SALAD questions per dimension")
+    parser.add_argument("--eval-n", default="all", help="SALAD questions per dimension: 'all' (2,165 fairness, 657 "
+                                                        "privacy, as the paper) or a number (drawn with seed 0)")
     parser.add_argument("--n", type=int, default=128, help="scoring samples per data set (paper: 128)")
+    parser.add_argument("--prompt-format", choices=["chat", "raw"], default="chat",
+                        help="chat template (default) or the bare question, as the reference code generated")
+    parser.add_argument("--rejudge", default=None, help="a report.json of an earlier run: judge its stored answers "
+                                                        "again and rewrite the report and table (no generation)")
     args = parser.parse_args()
+    from dean_hf.eval import RuleJudge
+
+    if args.rejudge:
+        data = json.loads(Path(args.rejudge).read_text(encoding="utf-8"))
+        out = Path(args.rejudge).parent
+    else:
+        data, out = generate(args), Path(args.out)
+    tables, notes = analyse(data, RuleJudge())
+    files = write_report(out, "report", data, title="DEAN on SmolLM2-135M-Instruct: reference run", tables=tables,
+                         notes=notes, plots=data.get("plots", []))
+    if args.table:  # its own section of the table file (bench_scale.py writes another)
+        import tempfile
+
+        from _common import write_section
+
+        with tempfile.TemporaryDirectory() as tmp:
+            md = write_report(tmp, "table", data, title="DEAN on SmolLM2-135M-Instruct: reference run",
+                              tables=tables, notes=notes)["markdown"]
+            write_section(args.table, "reference", Path(md).read_text(encoding="utf-8"))
+        summary = {k: data[k] for k in ("question_set", "n", "minutes", "date", "command", "prompt_format")}
+        summary["settings"] = {"base": _summary(data["base"])}
+        for r in data["sweep"]:
+            summary["settings"][f"{r['modules']} q={r['q']:g}"] = _summary(r)
+        for name, r in data["sft"].items():
+            summary["settings"][name] = _summary(r)
+        for r in data["robustness"]:
+            summary["settings"][f"robustness {r['data']} n={r['n']}"] = _summary(r)
+        Path(args.table).with_suffix(".json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(f"report -> {files['markdown']} ({data['minutes']:.1f} min)")
+
+
+def _summary(row: dict) -> dict:
+    """The figures of one setting that the README quotes (no answers)."""
+    out = {"masked": row.get("masked", 0)}
+    if "perplexity" in row:
+        out["perplexity"] = row["perplexity"]
+    for d in ("fairness", "privacy"):
+        if d in row:
+            out[d] = {k: row[d][k] for k in ("rate", "ci95", "aware", "unaware", "unclear", "n") if k in row[d]}
+            for k in ("corrected", "paired"):
+                if k in row[d]:
+                    out[d][k] = row[d][k]
+    return out
+
+
+def generate(args) -> dict:
+    """Every setting's answers (stored, to be judged by `analyse`), masked counts and perplexities."""
     if not REFERENCE.is_dir():
         raise SystemExit(f"reference data not found at {REFERENCE}")
     start = time.time()
-    nq, n = (6, 8) if args.quick else (args.questions, args.n)
+    n = 8 if args.quick else args.n
+    eval_n = 6 if args.quick else (None if args.eval_n == "all" else int(args.eval_n))
     qs = [1e-3] if args.quick else [1e-4, 1e-3, 1e-2]
     module_sets = ["mlp"] if args.quick else ["mlp", "self_attn", "all-linear"]
     ns = (4, n) if args.quick else (8, 32, n)
@@ -59,9 +172,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model("default", dtype="float32"), load_tokenizer("default")
     questions = {d: load_records(REFERENCE / f"salad_{d}.csv", prompt_column="questions", response_column=None,
-                                 n=nq, seed=0)["prompt"] for d in ("fairness", "privacy")}
+                                 n=eval_n, seed=0)["prompt"] for d in ("fairness", "privacy")}
     safe = {k: REFERENCE / v for k, v in SAFE.items()}
-    kw = dict(max_new_tokens=tokens, batch_size=16, show_progress=not args.quick)
+    chat = args.prompt_format == "chat"
+    kw = dict(max_new_tokens=tokens, batch_size=generation_batch_size(model, tokens), show_progress=not args.quick,
+              keep_answers=True, chat_template=chat)
 
     base = measure(model, tokenizer, questions, **kw)
     config = DeanConfig(num_samples=n, max_length=256)
@@ -81,48 +196,21 @@ def main() -> None:
     del tuned
     robust = robustness(model, tokenizer, safe, {k: REFERENCE / v for k, v in UNSAFE.items()}, questions,
                         out / "scores", ns=ns, q=1e-3, p=1e-3, **kw)
-
-    header = ["setting", "weights zeroed", "fairness awareness [95% CI]", "privacy awareness [95% CI]",
-              "perplexity"]
-    main_rows = [row_cells("base model", base), row_cells("DEAN, paper setting (p = q = 5e-7, MLP)",
-                                                          {"masked": paper_mask.num_masked})]
-    main_rows += [row_cells(f"DEAN {r['modules']}, q = p = {r['q']:g}", r) for r in rows]
-    sft_rows = [row_cells(name, r) for name, r in sft.items()]
-    robust_rows = [row_cells(f"DEAN mlp q = p = 1e-3, {r['data']}, n = {r['n']}", r) for r in robust]
     plot_rows = [{"setting": "base", "dimension": d, **base[d]} for d in questions]
-    best = [r for r in rows if "fairness" in r]
-    for r in best[:3]:
+    for r in [r for r in rows if "fairness" in r][:3]:
         plot_rows += [{"setting": f"{r['modules']} q={r['q']:g}", "dimension": d, **r[d]} for d in questions]
     plots = [plot_awareness(plot_rows, out / "awareness.png", "awareness: base vs DEAN settings"),
              plot_mask_per_layer(default_mask, out / "mask_per_layer.png")]
-    minutes = (time.time() - start) / 60
     command = "cd benchmarks && ../.venv/bin/python reproduce_reference.py" + (" --quick" if args.quick else "") + \
+        (f" --eval-n {args.eval_n}" if args.eval_n != "all" else "") + \
+        (f" --prompt-format {args.prompt_format}" if args.prompt_format != "chat" else "") + \
         (f" --table {args.table}" if args.table else "")
-    notes = [judge_note(__import__("dean_hf.eval", fromlist=["RuleJudge"]).RuleJudge()),
-             f"{nq} SALAD-Bench questions per dimension (seed 0), greedy, {tokens} new tokens, chat template; "
-             f"scoring on {n} samples per data set (seed 0). Rates are aware / (aware + unaware) with 95% Wilson "
-             "intervals; overlapping intervals mean the difference is not established.",
-             f"Paper setting p = q = 5e-7 selects {paper_mask.num_masked} weights on this model: floor(5e-7 x numel) "
-             "is 0 for every matrix of a 135M model.",
-             f"Ran in {minutes:.1f} min on {platform.machine()} ({platform.processor() or 'CPU'}), "
-             f"{time.strftime('%Y-%m-%d')}. Command: `{command}`"]
-    tables = [("Before vs after DEAN (sweep over q and modules)", header, main_rows),
-              ("SFT baseline (LoRA with peft) and DEAN after it", header, sft_rows),
-              ("Robustness: few samples and unsafe-only data", header, robust_rows)]
-    data = {"base": base, "paper_setting_masked": paper_mask.num_masked, "sweep": rows, "sft": sft,
-            "robustness": robust, "minutes": minutes, "command": command}
-    files = write_report(out, "report", data, title="DEAN on SmolLM2-135M-Instruct: reference run", tables=tables,
-                         notes=notes, plots=plots)
-    if args.table:  # its own section of the table file (bench_scale.py writes another)
-        import tempfile
-
-        from _common import write_section
-
-        with tempfile.TemporaryDirectory() as tmp:
-            md = write_report(tmp, "table", data, title="DEAN on SmolLM2-135M-Instruct: reference run",
-                              tables=tables, notes=notes)["markdown"]
-            write_section(args.table, "reference", Path(md).read_text(encoding="utf-8"))
-    print(f"report -> {files['markdown']} ({minutes:.1f} min)")
+    return {"base": base, "paper_setting_masked": paper_mask.num_masked, "sweep": rows, "sft": sft,
+            "robustness": robust, "minutes": (time.time() - start) / 60, "command": command, "n": n,
+            "question_set": "all of them" if eval_n is None else f"{eval_n} per dimension drawn with seed 0",
+            "max_new_tokens": tokens, "prompt_format": args.prompt_format, "generation_batch_size": kw["batch_size"],
+            "machine": f"{platform.machine()} ({platform.processor() or 'CPU'})", "date": time.strftime("%Y-%m-%d"),
+            "environment": environment(model), "plots": [str(p) for p in plots]}
 
 
 if __name__ == "__main__":

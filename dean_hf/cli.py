@@ -73,7 +73,7 @@ def cmd_score(args) -> None:
 
     check_writable(args.out, "--out")
     config = DeanConfig(num_samples=args.n, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size,
-                        keep=args.keep,
+                        keep=args.keep, layers_per_pass=_layers(args.layers_per_pass),
                         scorer=args.scorer, target_modules=_targets(args.target_modules),
                         chat_template=not args.no_chat_template)
     load_kwargs = {"split": args.split, "prompt_column": args.prompt_column, "response_column": args.response_column}
@@ -89,6 +89,15 @@ def cmd_score(args) -> None:
         how = "reused (same model, data and options)" if name in reused else "->"
         print(f"{name}: {len(s)} modules, {s.metadata['num_samples']} samples, {s.metadata['num_tokens']} response "
               f"tokens {how} {Path(args.out) / (name + '.safetensors')}")
+
+
+def _layers(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise DeanError(f"--layers-per-pass {text!r}: expected 'auto' or a positive integer.") from None
 
 
 def _targets(text: str):
@@ -152,41 +161,73 @@ def cmd_push(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    import time
+
     from .data import load_records
     from .editor import DeanEditor
-    from .eval import evaluate_awareness, get_judge, judge_note, perplexity
+    from .eval import get_judge, judge_note
+    from .eval.generate import generation_batch_size
     from .eval.report import write_report
-    from .experiments import before_after, embedded_questions
-
+    from .experiments import before_after, embedded_questions, measure, rate_text
     from .io import check_writable
+    from .provenance import environment
 
     check_writable(args.out, "--out")
-    model, tokenizer = _load(args)
+    eval_n = None if args.eval_n in (None, "all") else _positive(args.eval_n)
     questions = embedded_questions()
-    if args.questions:
+    if args.questions:  # every question file is read (and checked) before the model is loaded
         questions = {n: load_records(s, prompt_column=args.prompt_column, response_column=None,
-                                     n=args.n, seed=args.seed)["prompt"]
+                                     n=eval_n, seed=args.seed, show_progress=not args.quiet)["prompt"]
                      for n, s in _named_sources(args.questions).items()}
-    elif args.n:
-        questions = {d: q[:args.n] for d, q in questions.items()}
+    elif eval_n:
+        questions = {d: q[:eval_n] for d, q in questions.items()}
     judge = get_judge(args.judge)
+    model, tokenizer = _load(args)
+    batch = generation_batch_size(model, args.max_new_tokens) if args.batch_size == "auto" else \
+        _positive(args.batch_size)
+    chat = args.prompt_format == "chat"
+    start = time.perf_counter()
+    settings = {"questions": {d: len(q) for d, q in questions.items()}, "max_new_tokens": args.max_new_tokens,
+                "generation_batch_size": batch, "prompt_format": args.prompt_format, "judge": judge.name,
+                "environment": environment(model)}
     if args.mask:
         editor = DeanEditor.from_pretrained(model, args.mask)
         files = before_after(editor, tokenizer, questions, args.out, judge=judge, max_new_tokens=args.max_new_tokens,
-                             batch_size=args.batch_size, show_progress=not args.quiet)
+                             batch_size=batch, show_progress=not args.quiet, chat_template=chat, extra=settings)
         _write_evaluation_into_card(args, editor, files, judge)
+        _print_paired_summary(files)
     else:
-        results = evaluate_awareness(model, tokenizer, questions, judge=judge, max_new_tokens=args.max_new_tokens,
-                                     batch_size=args.batch_size, show_progress=not args.quiet)
-        ppl = perplexity(model, tokenizer)
-        rows = [[d, r.rate, r.aware, r.unaware, r.unclear, r.n] for d, r in results.items()]
-        files = write_report(args.out, "report", {"awareness": {d: r.summary() for d, r in results.items()},
-                                                  "answers": {d: r.records for d, r in results.items()},
-                                                  "perplexity": ppl},
+        figures = measure(model, tokenizer, questions, judge=judge, max_new_tokens=args.max_new_tokens,
+                          batch_size=batch, show_progress=not args.quiet, keep_answers=True, chat_template=chat)
+        from .experiments import corrected_text
+
+        rows = [[d, rate_text(figures[d]), corrected_text(figures[d]), figures[d]["unclear"]] for d in questions]
+        files = write_report(args.out, "report", {"awareness": figures, **settings},
                              title=f"Awareness of {args.model}",
-                             tables=[("Awareness", ["dimension", "rate", "aware", "unaware", "unclear", "n"], rows)],
-                             notes=[judge_note(judge), f"Perplexity on the embedded text: {ppl['perplexity']:.2f}"])
+                             tables=[("Awareness", ["dimension", "judge's rate [95% CI]", "corrected [95% CI]",
+                                                    "unclear"], rows)],
+                             notes=[judge_note(judge), f"Perplexity on the embedded text: {figures['perplexity']:.2f}"])
+        for row in rows:
+            print(f"{row[0]}: {row[1]}; judge-corrected {row[2]}")
+    seconds = time.perf_counter() - start
+    total = sum(len(q) for q in questions.values()) * (2 if args.mask else 1)
+    print(f"{total} answers in {seconds / 60:.1f} min ({seconds / max(1, total):.2f} s per answer, batch {batch})")
     print(f"report -> {files['markdown']}")
+
+
+def _print_paired_summary(files) -> None:
+    """One line per dimension: before -> after, the paired change with its interval, flips and McNemar p."""
+    import json
+
+    from .experiments import change_text, corrected_text, rate_text
+
+    results = json.loads(Path(files["json"]).read_text())["results"]
+    for dim, paired in results["paired"].items():
+        before, after = results["before"]["awareness"][dim], results["after"]["awareness"][dim]
+        line = f"{dim}: {rate_text(before)} -> {rate_text(after)}; change {change_text({'paired': paired})}"
+        if "corrected" in before:
+            line += f"; judge-corrected {corrected_text(before)} -> {corrected_text(after)}"
+        print(line)
 
 
 def _write_evaluation_into_card(args, editor, files, judge) -> None:
@@ -262,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "name suffixes, or a regex")
     p.add_argument("--scorer", default="snip", help="importance scorer: snip or wanda")
     p.add_argument("--batch-size", type=_positive, default=1, help="samples per forward/backward pass")
+    p.add_argument("--layers-per-pass", default="auto", help="decoder layers scored per pass: 'auto' (from the "
+                                                              "memory plan and the GPUs' free memory), or a number")
     p.add_argument("--keep", type=_fraction, default=1e-2, help="fraction of each matrix's scores kept (their top "
                                                                "entries): any q, p up to it select exactly; 1 keeps "
                                                                "dense scores (default 1e-2)")
@@ -303,11 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", default=None, help="mask artifact: evaluate before and after it")
     p.add_argument("--questions", action="append", default=[], help="DIMENSION=SOURCE of questions (default: embedded)")
     p.add_argument("--prompt-column", default="prompt", help="column holding the questions")
-    p.add_argument("--n", type=_positive, default=None, help="questions per dimension (default: all)")
+    p.add_argument("--eval-n", "--n", dest="eval_n", default="all", help="questions per dimension: 'all' (default) "
+                                                                           "or a number (drawn with --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the question draw")
+    p.add_argument("--prompt-format", choices=["chat", "raw"], default="chat",
+                   help="the question in the model's chat template (default), or bare, as the reference code did")
     p.add_argument("--judge", default="rules", help="'rules' (offline) or a judge model id (MD-Judge, Llama Guard)")
     p.add_argument("--max-new-tokens", type=_positive, default=64, help="tokens generated per answer")
-    p.add_argument("--batch-size", type=_positive, default=8, help="questions per generation batch")
+    p.add_argument("--batch-size", default="auto", help="questions per generation batch: 'auto' (chosen from memory) "
+                                                        "or a number")
     p.add_argument("--out", default="eval_report", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)

@@ -20,7 +20,7 @@ logger = get_logger(__name__)
 CONFIG_NAME = "dean_config.json"
 MAX_TEXT = 4096  # characters in any string of the config (a path, a Hub id, a regex)
 MAX_ITEMS = 100_000  # entries in any list or dict of the config
-_COUNT_LIMITS = {"num_samples": 10**9, "max_length": 10**8, "batch_size": 10**6}
+_COUNT_LIMITS = {"num_samples": 10**9, "max_length": 10**8, "batch_size": 10**6, "layers_per_pass": 10**6}
 _SEED_LIMIT = 2**64  # torch.manual_seed and numpy accept seeds in [0, 2**64)
 _VERSION = re.compile(r"\d{1,9}(\.\d{1,9}){0,5}[A-Za-z0-9.+_-]{0,40}", re.ASCII)
 _DIGEST = re.compile(r"[0-9a-f]{64}", re.ASCII)
@@ -51,6 +51,25 @@ def _check_text(name: str, value: Any, *, empty: bool = False) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise _invalid(name, value, "text that UTF-8 can encode (it holds a lone surrogate)") from None
+
+
+def _check_plain(name: str, value: Any, depth: int = 0) -> None:
+    """A small JSON tree of text, numbers, booleans and nulls (a record of what ran, shown in cards)."""
+    if depth > 4:
+        raise _invalid(name, value, "a JSON object nested at most 4 levels deep")
+    if isinstance(value, dict):
+        if len(value) > 1000:
+            raise _invalid(name, value, "an object of at most 1000 entries")
+        for key, item in value.items():
+            _check_text(f"{name} key", key)
+            _check_plain(f"{name}[{quote(key, 40)}]", item, depth + 1)
+    elif isinstance(value, str):
+        _check_text(name, value, empty=True)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _invalid(name, value, "a finite number")
+    elif value is not None and not isinstance(value, (bool, int)):
+        raise _invalid(name, value, "text, a number, true/false or null")
 
 
 def _check_text_list(name: str, value: Any, *, distinct: bool = False) -> None:
@@ -113,6 +132,10 @@ class DeanConfig:
                                                                 "False concatenates prompt and response as the "
                                                                 "reference code did."})
     batch_size: int = field(default=1, metadata={"help": "Samples per forward/backward pass while scoring."})
+    layers_per_pass: Optional[Union[int, str]] = field(
+        default="auto", metadata={"help": "Decoder layers scored per pass: 'auto' (one pass where one set of "
+                                          "accumulators fits beside the model on its accelerators, else as many "
+                                          "layers as fit, from the memory plan), an integer, or null for one pass."})
     keep: float = field(default=1e-2, metadata={"help": "Fraction of each matrix's scores kept once a data set is "
                                                         "scored (its top entries, in selection's order): selection "
                                                         "works exactly for every q, p up to it; 1 keeps dense scores "
@@ -123,6 +146,10 @@ class DeanConfig:
     revision: Optional[str] = field(default=None, metadata={"help": "Revision (commit) of the base model."})
     base_model_fingerprint: Optional[dict] = field(
         default=None, metadata={"help": "Probe values of the base model's target weights, checked on load."})
+    provenance: Optional[dict] = field(
+        default=None, metadata={"help": "What ran: library versions and device ('environment'), and per data set the "
+                                        "tokenized data's fingerprint, samples, response tokens and truncated or "
+                                        "dropped samples ('data'), so a mask can be reproduced from its files."})
     mask_digest: Optional[str] = field(
         default=None, metadata={"help": "SHA-256 of the mask's names, shapes and indices (`NeuronMask.digest()`), "
                                         "checked on load so that a mask file that still parses but was altered is "
@@ -141,6 +168,8 @@ class DeanConfig:
         _check_fraction("q", self.q)
         _check_fraction("p", self.p)
         _check_fraction("keep", self.keep)
+        if self.layers_per_pass is not None and self.layers_per_pass != "auto":
+            _check_count("layers_per_pass", self.layers_per_pass)
         if isinstance(self.target_modules, list):
             _check_text_list("target_modules", self.target_modules)
         else:
@@ -155,7 +184,7 @@ class DeanConfig:
             for key, source in self.dataset_sources.items():
                 _check_text("dataset_sources key", key)
                 _check_text(f"dataset_sources[{quote(key, 40)}]", source)
-        for name in _COUNT_LIMITS:
+        for name in ("num_samples", "max_length", "batch_size"):
             _check_count(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < _SEED_LIMIT:
             raise _invalid("seed", self.seed, "an integer in [0, 2**64)")
@@ -167,6 +196,8 @@ class DeanConfig:
                 _check_text(name, getattr(self, name), empty=True)
         if self.base_model_fingerprint is not None:
             validate_fingerprint(self.base_model_fingerprint)
+        if self.provenance is not None:
+            _check_plain("provenance", self.provenance)
         if self.mask_digest is not None and not (isinstance(self.mask_digest, str)
                                                  and _DIGEST.fullmatch(self.mask_digest)):
             raise _invalid("mask_digest", self.mask_digest, "null or 64 lowercase hex digits (a SHA-256)")

@@ -18,6 +18,7 @@ from .errors import DeanError
 from .fingerprint import weight_fingerprint
 from .logging import get_logger
 from .mask import NeuronMask
+from .provenance import environment
 from .scoring import ImportanceScores, data_fingerprint, score_importance
 from .selection import select_coupled_neurons
 from .targets import find_target_modules
@@ -85,11 +86,13 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str
                     reused.append(name)
                 continue
             scores = score_importance(model, examples, target_modules=config.target_modules, scorer=config.scorer,
-                                      batch_size=config.batch_size, keep=config.keep, show_progress=show_progress,
+                                      batch_size=config.batch_size, keep=config.keep,
+                                      layers_per_pass=config.layers_per_pass, show_progress=show_progress,
                                       description=f"scoring {name}")
             meta = {**scores.metadata, "dataset": name, "cache_key": key, "num_truncated": examples.num_truncated,
                     "num_dropped": examples.num_dropped, "seed": config.seed, "max_length": config.max_length,
-                    "chat_template": config.chat_template}
+                    "chat_template": config.chat_template, "batch_size": config.batch_size,
+                    "environment": environment(model)}
             scores = scores.with_metadata(meta)
             if path is None or rank != 0:
                 results[name] = scores
@@ -169,10 +172,11 @@ def mask_and_config(targets: Mapping[str, ImportanceScores], general: Optional[I
     else:
         fingerprint = config.base_model_fingerprint
     named_sources = {str(k): str(v) for k, v in (sources or {}).items() if isinstance(v, (str, os.PathLike))}
+    recorded_general = (general_name or config.general_dataset or "general") if general is not None else None
     recorded = dataclasses.replace(
         config,
         target_datasets=list(targets),
-        general_dataset=(general_name or config.general_dataset or "general") if general is not None else None,
+        general_dataset=recorded_general,
         target_modules=meta.get("target_modules", config.target_modules),
         scorer=meta.get("scorer", config.scorer),
         num_samples=int(meta.get("num_samples", config.num_samples)),
@@ -181,8 +185,26 @@ def mask_and_config(targets: Mapping[str, ImportanceScores], general: Optional[I
         chat_template=bool(meta.get("chat_template", config.chat_template)),
         base_model_name_or_path=config.base_model_name_or_path or meta.get("model_name"),
         revision=config.revision or meta.get("revision"),
+        batch_size=int(meta.get("batch_size", config.batch_size)),
+        keep=float(meta.get("keep", config.keep)),
         base_model_fingerprint=fingerprint,
         dataset_sources=named_sources or config.dataset_sources,
+        provenance=_provenance({**targets, **({recorded_general: general} if general is not None else {})}),
         mask_digest=mask.digest(),
     )
     return mask, recorded
+
+
+def _provenance(scores: Mapping[str, ImportanceScores]) -> dict[str, Any]:
+    """What ran, from the score sets' metadata: the environment and, per data set, what was scored."""
+    data = {}
+    environment_seen = None
+    for name, s in scores.items():
+        meta = s.metadata
+        environment_seen = environment_seen or meta.get("environment")
+        data[name] = {k: meta[k] for k in ("data_fingerprint", "num_samples", "num_tokens", "num_truncated",
+                                           "num_dropped") if isinstance(meta.get(k), (str, int))}
+    out: dict[str, Any] = {"data": data}
+    if isinstance(environment_seen, Mapping):
+        out["environment"] = {str(k): v for k, v in environment_seen.items() if isinstance(v, (str, int, float))}
+    return out

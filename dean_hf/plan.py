@@ -427,3 +427,33 @@ def measure_peak(fn: Any, device: Union[str, torch.device] = "cpu") -> tuple[Any
         result = fn()
     _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(device)
     return result, int(max((sum(row) for row in sizes), default=0))
+
+
+def auto_layers_per_pass(model: nn.Module, *, batch_size: int, max_length: int, response_tokens: int,
+                         target_modules: TargetModules = "all-linear", margin: float = 0.9) -> Optional[int]:
+    """`layers_per_pass` for scoring `model` where it is now: None when one set of accumulators fits in the free
+    memory of its accelerators (or it runs on the CPU), else how many decoder layers fit per pass, from the plan
+    of its config at this batch size and length."""
+    devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
+    config = getattr(model, "config", None)
+    if not devices or config is None:
+        return None
+    dtype = next(p.dtype for p in model.parameters() if p.device.type == "cuda")
+    plan = estimate_memory(config, dtype=dtype, batch_size=batch_size, max_length=max_length,
+                           response_tokens=response_tokens, target_modules=target_modules)
+    free = sum(torch.cuda.mem_get_info(d)[0] for d in devices) * margin
+    return layers_that_fit(plan, free, len(_blocks(model)) or 1)
+
+
+def layers_that_fit(plan: MemoryPlan, free: float, layers: int) -> Optional[int]:
+    """None when the plan's accumulators, activations and temporaries fit in `free` bytes (beside the weights,
+    already loaded), else how many of the `layers` decoder layers' accumulators fit per pass."""
+    rest = plan.total("activations") + max(plan.transient.values())
+    if plan.total("accumulators") + rest <= free:
+        return None
+    per_layer = plan.total("accumulators") / layers
+    if free - rest < per_layer:
+        raise DeanError(f"even one decoder layer's accumulators ({per_layer / GIB:.1f} GiB) do not fit in the "
+                        f"{free / GIB:.1f} GiB free beside the model: offload weights to the CPU (device_map with "
+                        "'cpu'), lower batch_size or max_length, or add devices (see `dean plan`).")
+    return max(1, int((free - rest) // per_layer))

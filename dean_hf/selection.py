@@ -1,14 +1,22 @@
 """Coupled-neuron selection: `(T_1 ∩ ... ∩ T_n) \\ G` per weight matrix, a pure function of scores.
 
 Worked example of the reference code's defect (`legacy=True`). One matrix, k = 3, general set
-G = {2}. Fairness top-3 F = {1, 2, 5}; privacy top-3 P = {2, 5, 8}.
+G = {0, 2, 4}. Fairness top-3 F = {1, 2, 5}; privacy top-3 P = {2, 5, 8}.
 
-- dean_hf: (F ∩ P) \\ G = {2, 5} \\ {2} = {5}.
+- dean_hf: (F ∩ P) \\ G = {2, 5} \\ {0, 2, 4} = {5}.
 - reference: sort each set, mark which entries are outside G, AND the marks position by position,
   and index the first set: F sorted [1, 2, 5] -> outside G [T, F, T]; P sorted [2, 5, 8] ->
   [F, T, T]; AND -> [F, F, T] -> F[[2]] = {5}. Here the answers agree by chance; with
   P = {3, 5, 9} the reference gives [T, F, T] & [T, T, T] -> {1, 5} although 1 is not in P:
   it selects weights that only one data set marks as important.
+
+The reference keeps the indices of its first data set (`dataset1`), so the target order matters in legacy
+mode: its `main.py` default is fairness first, while the command in its README passes privacy first. Pass
+`targets` in the order you want to reproduce (`dean select --legacy --targets privacy,fairness` reproduces the
+README's run). Three further details of legacy mode: the top-set size is the reference's `int(q * rows * cols)`
+(not `floor(q * numel)`, which differs by one on some shapes); ties at the cut-off go to the lower index (the
+reference's `torch.topk` leaves their order unspecified); and p and q that keep different numbers of weights are
+refused, where the reference fails.
 """
 
 from __future__ import annotations
@@ -67,6 +75,15 @@ def _flags(indices: torch.Tensor, numel: int) -> torch.Tensor:
     out = torch.zeros(numel, dtype=torch.bool, device=indices.device)
     out[indices] = True
     return out
+
+
+def _reference_k(fraction: float, shape: tuple[int, ...]) -> int:
+    """The reference code's top-set size: `int(fraction * rows * cols)`, multiplied left to right (a 3 x 10
+    matrix at 0.7 gives 20 where floor(0.7 * 30) gives 21)."""
+    value = fraction
+    for dim in shape:
+        value = value * dim
+    return int(value)
 
 
 def _legacy_module(target_sets: list[torch.Tensor], general: torch.Tensor) -> torch.Tensor:
@@ -134,7 +151,14 @@ def select_coupled_neurons(
                                 f"{shape}.")
         if general is not None and _shape(general, module) != shape:
             raise DeanError(f"general scores for {module!r} have shape {_shape(general, module)}, expected {shape}.")
-        k_target, k_general = math.floor(q * numel), math.floor(p * numel) if p is not None else 0
+        if legacy:  # the reference code's count, int(q * rows * cols), which rounds differently on some shapes
+            k_target, k_general = _reference_k(q, shape), _reference_k(p, shape) if p is not None else 0
+            if general is not None and k_general != k_target:
+                raise DeanError(f"legacy=True reproduces the reference code, which fails when p and q keep different "
+                                f"numbers of weights ({module!r}: {k_target} for q={q:g}, {k_general} for p={p:g}): "
+                                "pass p equal to q, or leave legacy off.")
+        else:
+            k_target, k_general = math.floor(q * numel), math.floor(p * numel) if p is not None else 0
         if k_target == 0:
             nothing.append(module)
         sets = [_top(targets[n], module, k_target, n) for n in names]

@@ -124,3 +124,28 @@ def test_push_stops_at_hfapi(tmp_path, hub_calls, capsys):
     assert main(["push", "--mask", str(tmp_path / "absent") + "/", "--repo", "me/mask"]) == 2
     err = capsys.readouterr().err
     assert "neither a folder nor a Hub repo id" in err and "Traceback" not in err and "HFValidationError" not in err
+
+
+def test_artifact_records_what_ran(workspace, tmp_path):
+    """The mask's config records the settings in force (not defaults) and what ran, reproducible from its files."""
+    import torch
+    import transformers
+
+    w = workspace
+    data = ["--data", f"fairness={w / 'fair.csv'}", "--data", f"privacy={w / 'priv.csv'}",
+            "--data", f"general={w / 'gen.csv'}"]
+    dean("score", "--model", w / "model", *data, "--n", 4, "--out", tmp_path / "scores", "--quiet",
+         "--max-length", 48, "--batch-size", 2, "--keep", 0.5, "--no-chat-template")
+    dean("select", "--scores", tmp_path / "scores", "--q", 0.05, "--p", 0.05, "--out", tmp_path / "mask")
+    config = json.loads((tmp_path / "mask" / "dean_config.json").read_text())
+    assert (config["batch_size"], config["max_length"], config["keep"], config["chat_template"]) == (2, 48, 0.5, False)
+    assert (config["num_samples"], config["seed"]) == (4, 0)
+    env = config["provenance"]["environment"]
+    assert env["torch"] == torch.__version__ and env["transformers"] == transformers.__version__
+    assert env["device"] == "cpu" and env["dtype"] == "float32"
+    from dean_hf import ImportanceScores
+
+    fair = ImportanceScores.load(tmp_path / "scores" / "fairness.safetensors", lazy=True).metadata
+    recorded = config["provenance"]["data"]["fairness"]
+    assert recorded["data_fingerprint"] == fair["data_fingerprint"] and recorded["num_samples"] == 4
+    assert recorded["num_truncated"] == fair["num_truncated"]

@@ -132,11 +132,13 @@ def test_before_after_noise_note_follows_n(tokenizer, tmp_path):
                          show_progress=False)
     md = files["markdown"].read_text()
     assert "n = 25" not in md and "0.04" not in md
+    from dean_hf.eval.stats import detectable_difference
+
     for dim, aware, judged in (("fairness", 2, 3), ("privacy", 3, 4)):  # privacy: 5 questions, 1 unclear
         low, high = wilson_interval(aware, judged)
-        text = f"n = {judged}, rate {aware / judged:.3f}, one answer = {1 / judged:.3f}, " \
-               f"95% Wilson half-width ±{(high - low) / 2:.2f}"
-        assert f"- {dim}: before: {text}; after: {text}." in md
-    assert "±0.37" in md and "±0.33" in md  # (high - low) / 2 for 2/3 and 3/4
+        assert f"{aware / judged:.3f} [{low:.2f}, {high:.2f}] (n={judged}" in md  # each rate with its n and interval
+        # the paired note: n judged both times, the flips, and the smallest change this n detects
+        assert (f"{dim}: {judged} questions judged both times, 0 improved and 0 worsened; a change under "
+                f"{detectable_difference(judged, 0.0):.3f} is below what this run detects") in md
     data = json.loads(files["json"].read_text())
     assert data["results"]["after"]["awareness"]["privacy"]["n"] == 5

@@ -67,3 +67,19 @@ def test_dean_plan_command(capsys, tmp_path):
     assert main(["plan", str(tmp_path / "absent.json")]) == 2
     with pytest.raises(DeanError, match="batch_size"):
         estimate_memory(CONFIGS / "llama-2-7b.json", batch_size=0)
+
+
+def test_layers_per_pass_from_the_plan():
+    from dean_hf.plan import layers_that_fit
+
+    plan = estimate_memory(CONFIGS / "llama-2-7b.json", batch_size=1, max_length=512)
+    rest = plan.total("activations") + max(plan.transient.values())
+    assert layers_that_fit(plan, plan.total("accumulators") + rest, 32) is None  # everything fits: one pass
+    half = layers_that_fit(plan, plan.total("accumulators") / 2 + rest, 32)
+    assert half == 16
+    with pytest.raises(DeanError, match="even one decoder layer"):
+        layers_that_fit(plan, rest, 32)
+    model = __import__("conftest").make_model("llama")
+    from dean_hf.plan import auto_layers_per_pass
+
+    assert auto_layers_per_pass(model, batch_size=1, max_length=16, response_tokens=8) is None  # CPU: one pass

@@ -54,12 +54,13 @@ def test_ties_broken_by_index():
 
 
 def test_legacy_reproduces_reference_defect():
-    # Module docstring's worked example: F = {1,2,5}, P = {3,5,9}, G = {2}.
+    # Module docstring's worked example: F = {1,2,5}, P = {3,5,9}, G = {2,0,4} (the same k for p and q: the
+    # reference fails otherwise).
     f = {"m": ranked([1, 2, 5])}
     p = {"m": ranked([3, 5, 9])}
-    g = {"m": ranked([2])}
-    correct = select_coupled_neurons({"fairness": f, "privacy": p}, g, q=0.3, p=0.1)
-    legacy = select_coupled_neurons({"fairness": f, "privacy": p}, g, q=0.3, p=0.1, legacy=True)
+    g = {"m": ranked([2, 0, 4])}
+    correct = select_coupled_neurons({"fairness": f, "privacy": p}, g, q=0.3, p=0.3)
+    legacy = select_coupled_neurons({"fairness": f, "privacy": p}, g, q=0.3, p=0.3, legacy=True)
     assert correct["m"].tolist() == [5]
     # Reference: sorted F [1,2,5] not-in-G [T,F,T]; sorted P [3,5,9] not-in-G [T,T,T]; AND -> F[[0,2]]
     assert legacy["m"].tolist() == [1, 5]
@@ -69,8 +70,8 @@ def test_legacy_reproduces_reference_defect():
 def test_legacy_agrees_when_sets_align():
     f = {"m": ranked([1, 2, 5])}
     p = {"m": ranked([2, 5, 8])}
-    g = {"m": ranked([2])}
-    kw = dict(q=0.3, p=0.1)
+    g = {"m": ranked([2, 0, 4])}
+    kw = dict(q=0.3, p=0.3)
     assert select_coupled_neurons({"f": f, "p": p}, g, **kw)["m"].tolist() == [5]
     assert select_coupled_neurons({"f": f, "p": p}, g, legacy=True, **kw)["m"].tolist() == [5]
 
@@ -151,3 +152,39 @@ def test_warns_when_the_mask_is_large(dean_warnings):
 def test_scores_without_modules():
     with pytest.raises(DeanError, match="hold no module"):
         select_coupled_neurons({"f": {}}, None, q=0.5)
+
+
+def test_legacy_keeps_the_first_targets_indices_in_either_order():
+    """The reference keeps dataset1's indices: the order of the targets decides the legacy mask."""
+    import torch
+
+    from dean_hf import ImportanceScores
+
+    shape = (1, 10)
+    fair = torch.zeros(shape)
+    fair[0, [1, 2, 5]] = torch.tensor([3.0, 2.0, 1.0])  # F = {1, 2, 5}
+    priv = torch.zeros(shape)
+    priv[0, [3, 5, 9]] = torch.tensor([3.0, 2.0, 1.0])  # P = {3, 5, 9}
+    gen = torch.zeros(shape)
+    gen[0, [2, 0, 4]] = torch.tensor([3.0, 2.0, 1.0])  # G = {0, 2, 4}
+    f, p, g = (ImportanceScores({"m": t}) for t in (fair, priv, gen))
+    fairness_first = select_coupled_neurons({"fairness": f, "privacy": p}, g, q=0.35, p=0.35, legacy=True)
+    privacy_first = select_coupled_neurons({"privacy": p, "fairness": f}, g, q=0.35, p=0.35, legacy=True)
+    assert fairness_first["m"].tolist() == [1, 5]  # [T, F, T] & [T, T, T] over F sorted [1, 2, 5]
+    assert privacy_first["m"].tolist() == [3, 9]  # [T, T, T] & [T, F, T] over P sorted [3, 5, 9]
+    exact = select_coupled_neurons({"fairness": f, "privacy": p}, g, q=0.35, p=0.35)
+    assert exact["m"].tolist() == [5]  # (F ∩ P) \ G, the same in either order
+
+
+def test_legacy_counts_like_the_reference_and_refuses_different_k():
+    import torch
+
+    from dean_hf import ImportanceScores
+
+    g = torch.Generator().manual_seed(0)
+    s = {n: ImportanceScores({"m": torch.rand(3, 10, generator=g)}) for n in ("a", "b", "c")}
+    legacy = select_coupled_neurons({"a": s["a"], "b": s["a"]}, None, q=0.7, legacy=True)
+    exact = select_coupled_neurons({"a": s["a"], "b": s["a"]}, None, q=0.7)
+    assert legacy["m"].numel() == 20 and exact["m"].numel() == 21  # int(0.7 * 3 * 10) vs floor(0.7 * 30)
+    with pytest.raises(DeanError, match="p and q keep different numbers"):
+        select_coupled_neurons({"a": s["a"], "b": s["b"]}, s["c"], q=0.5, p=0.2, legacy=True)

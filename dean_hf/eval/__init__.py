@@ -8,25 +8,8 @@ from .awareness import Agreement, AwarenessResult, cohen_kappa, judge_agreement,
 from .generate import generate_answers
 from .judges import CallableJudge, ClassifierJudge, GenerativeJudge, Judge, RuleJudge, get_judge
 from .perplexity import cautionary_frequency, perplexity
-
-# The offline rule judge against ../shared/data/judge_calibration (167 SmolLM2 answers, 'unclear' excluded),
-# as measured by tests/test_eval.py::test_rule_judge_calibration_figures, which fails if these drift.
-RULE_JUDGE_CALIBRATION = {"fairness": {"n": 80, "accuracy": 0.8625, "kappa": 0.669},
-                          "privacy": {"n": 86, "accuracy": 0.8953, "kappa": 0.740}}
-
-
-def judge_note(judge: Judge) -> str:
-    """The sentence every report carries about how far its judge can be trusted."""
-    if isinstance(judge, RuleJudge):
-        c = RULE_JUDGE_CALIBRATION
-        return ("Judge: dean_hf's offline rule judge. Agreement with a careful reader on 166 SmolLM2 answers: "
-                f"fairness accuracy {c['fairness']['accuracy']:.3f} (kappa {c['fairness']['kappa']:.2f}, "
-                f"n={c['fairness']['n']}), privacy accuracy {c['privacy']['accuracy']:.3f} (kappa "
-                f"{c['privacy']['kappa']:.2f}, n={c['privacy']['n']}). Its rules were refined on error categories "
-                "of that set, so agreement on new answers may be lower; differences of a few points between "
-                "settings are within its error.")
-    return f"Judge: {judge.name}; its agreement with dean_hf's calibration set was not measured in this run."
-
+from .agreement import agreement_of, judge_note, measure_agreement
+from .stats import JudgeAgreement, PairedComparison, compare_paired, corrected_rate
 
 def evaluate_awareness(model: Any, tokenizer: Any, questions: Mapping[str, Sequence[str]], *, judge: Judge | None = None,
                        max_new_tokens: int = 64, batch_size: int = 8, show_progress: bool = True,
@@ -43,5 +26,6 @@ def evaluate_awareness(model: Any, tokenizer: Any, questions: Mapping[str, Seque
 
 
 __all__ = ["Agreement", "AwarenessResult", "CallableJudge", "ClassifierJudge", "GenerativeJudge", "Judge",
-           "RULE_JUDGE_CALIBRATION", "RuleJudge", "cautionary_frequency", "cohen_kappa", "evaluate_awareness",
+           "JudgeAgreement", "PairedComparison", "RuleJudge", "agreement_of", "compare_paired", "corrected_rate",
+           "measure_agreement", "cautionary_frequency", "cohen_kappa", "evaluate_awareness",
            "generate_answers", "get_judge", "judge_agreement", "judge_answers", "judge_note", "perplexity"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -37,3 +37,28 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *, ma
         tokenizer.padding_side = side
         model.train(was_training)
     return [a.strip() for a in answers]
+
+
+def generation_batch_size(model: Any, max_new_tokens: int, *, prompt_tokens: int = 96,
+                          budget_bytes: Optional[int] = None) -> int:
+    """A generation batch size chosen from memory: the largest power of two (up to 32 on the CPU, where larger
+    batches stop paying, and 256 on a GPU) whose key/value cache and per-step logits fit in `budget_bytes`
+    (default: a quarter of the GPU's free memory, or 2 GiB on the CPU)."""
+    config = getattr(model, "config", None)
+    param = next(model.parameters())
+    element = param.element_size()
+    layers = getattr(config, "num_hidden_layers", 1) or 1
+    heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", 1) or 1
+    head_dim = getattr(config, "head_dim", None) or (getattr(config, "hidden_size", 64) // max(
+        1, getattr(config, "num_attention_heads", 1) or 1))
+    vocab = getattr(config, "vocab_size", 32000) or 32000
+    per_sequence = 2 * layers * heads * head_dim * element * (prompt_tokens + max_new_tokens) + 4 * vocab
+    if param.device.type == "cuda":
+        cap = 256
+        budget = budget_bytes if budget_bytes is not None else torch.cuda.mem_get_info(param.device)[0] // 4
+    else:
+        cap, budget = 32, budget_bytes if budget_bytes is not None else 2 * 1024 ** 3
+    size = 1
+    while size * 2 <= cap and size * 2 * per_sequence <= budget:
+        size *= 2
+    return size

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..io import atomic_write_text
 from ..mask import NeuronMask
 
 
@@ -78,7 +79,7 @@ def write_report(out_dir: str | Path, name: str, data: Mapping[str, Any], *, tit
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
-    json_path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    atomic_write_text(json_path, json.dumps(data, indent=2, default=str) + "\n")
     lines = [f"# {title}", ""]
     for caption, header, rows in tables:
         lines += [f"## {caption}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -88,5 +89,5 @@ def write_report(out_dir: str | Path, name: str, data: Mapping[str, Any], *, tit
         lines += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    md_path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(md_path, "\n".join(lines))
     return {"json": json_path, "markdown": md_path}

@@ -1,10 +1,10 @@
 """The paper's experiments as library functions; scripts in `examples/` and `benchmarks/` call them."""
 
-from .common import measure, rate_text, restrict, wilson_interval
+from .common import change_text, compare_rows, corrected_text, measure, rate_text, restrict, wilson_interval
 from .demo import before_after, embedded, embedded_questions, run_demo
 from .robustness import dean_setting, robustness
 from .sft import finetune_variants, lora_finetune, mix
 from .sweep import sweep
 
 __all__ = ["before_after", "dean_setting", "embedded", "embedded_questions", "finetune_variants", "lora_finetune",
-           "measure", "mix", "rate_text", "restrict", "robustness", "run_demo", "sweep", "wilson_interval"]
+           "change_text", "compare_rows", "corrected_text", "measure", "mix", "rate_text", "restrict", "robustness", "run_demo", "sweep", "wilson_interval"]

@@ -11,7 +11,10 @@ from typing import Any, Mapping, Optional, Sequence
 from ..config import DeanConfig
 from ..data import EMBEDDED_PREFIX, load_records, resolve_source
 from ..editor import DeanEditor
-from ..eval import evaluate_awareness, judge_note, perplexity
+from ..eval import evaluate_awareness, perplexity
+from ..eval.agreement import agreement_of, judge_note
+from ..eval.stats import as_outcomes, compare_paired
+from ..provenance import environment
 from ..eval.judges import Judge, RuleJudge
 from ..eval.perplexity import cautionary_frequency
 from ..eval.report import plot_awareness, plot_mask_per_layer, write_report
@@ -19,6 +22,7 @@ from ..hub import fraction_text
 from ..logging import get_logger
 from ..mask import NeuronMask
 from ..pipeline import mask_and_config, score_datasets_cached
+from .common import awareness_entry, change_text, corrected_text, rate_text
 
 logger = get_logger(__name__)
 
@@ -35,62 +39,71 @@ def embedded_questions() -> dict[str, list[str]]:
 
 def before_after(editor: DeanEditor, tokenizer: Any, questions: Mapping[str, Sequence[str]], out_dir: str | Path, *,
                  judge: Optional[Judge] = None, max_new_tokens: int = 64, batch_size: int = 8,
-                 show_progress: bool = True, extra: Optional[Mapping[str, Any]] = None) -> dict[str, Path]:
-    """Awareness, perplexity and cautionary phrases of the model without and with its active mask, as a report."""
+                 show_progress: bool = True, extra: Optional[Mapping[str, Any]] = None,
+                 chat_template: bool = True) -> dict[str, Path]:
+    """Awareness, perplexity and cautionary phrases of the model without and with its active mask, as a report.
+
+    The same questions are answered before and after, so each dimension is compared pairwise (flips, exact
+    McNemar test, paired bootstrap interval), and rates are corrected for the judge's measured error when known."""
     judge = judge or RuleJudge()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mask: NeuronMask = editor.masks[editor.active_mask]
     results: dict[str, Any] = {}
+    agreement = agreement_of(judge)
     for setting in ("before", "after"):
-        ctx = editor.disable_mask() if setting == "before" else nullcontext()
+        ctx = editor.disable_adapter() if setting == "before" else nullcontext()
         with ctx:
             aware = evaluate_awareness(editor.model, tokenizer, questions, judge=judge, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, show_progress=show_progress)
+                                       batch_size=batch_size, show_progress=show_progress, chat_template=chat_template)
             ppl = perplexity(editor.model, tokenizer)
-        results[setting] = {"awareness": {d: r.summary() for d, r in aware.items()}, "perplexity": ppl,
+        results[setting] = {"awareness": {d: awareness_entry(r, agreement) for d, r in aware.items()},
+                            "perplexity": ppl,
                             "cautionary": {d: cautionary_frequency([x["answer"] for x in r.records])
                                            for d, r in aware.items()},
                             "answers": {d: r.records for d, r in aware.items()}}
+    results["paired"] = {d: compare_paired(as_outcomes(results["before"]["awareness"][d]["labels"]),
+                                           as_outcomes(results["after"]["awareness"][d]["labels"])).to_dict()
+                         for d in questions}
     rows = [{"setting": s, **results[s]["awareness"][d]} for s in ("before", "after") for d in questions]
     plots = [plot_awareness(rows, out_dir / "awareness.png"), plot_mask_per_layer(mask, out_dir / "mask_per_layer.png")]
-    table = [[d, results["before"]["awareness"][d]["rate"], results["after"]["awareness"][d]["rate"],
-              results["after"]["awareness"][d]["rate"] - results["before"]["awareness"][d]["rate"],
-              results["before"]["awareness"][d]["n"],
-              f"{results['before']['awareness'][d]['unclear']} / {results['after']['awareness'][d]['unclear']}"]
-             for d in questions]
-    table.append(["perplexity", results["before"]["perplexity"]["perplexity"],
-                  results["after"]["perplexity"]["perplexity"],
-                  results["after"]["perplexity"]["perplexity"] - results["before"]["perplexity"]["perplexity"],
-                  results["before"]["perplexity"]["tokens"], "-"])
+    table = []
+    for d in questions:
+        before, after, c = results["before"]["awareness"][d], results["after"]["awareness"][d], results["paired"][d]
+        table.append([f"{d} (raw)", rate_text(before), rate_text(after),
+                      change_text({"paired": c}), f"{c['detectable']:.3f}"])
+        if "corrected" in before:
+            table.append([f"{d} (judge-corrected)", corrected_text(before), corrected_text(after), "", ""])
+    ppl_before, ppl_after = results["before"]["perplexity"], results["after"]["perplexity"]
+    table.append(["perplexity", f"{ppl_before['perplexity']:.2f}", f"{ppl_after['perplexity']:.2f}",
+                  f"{ppl_after['perplexity'] - ppl_before['perplexity']:+.2f}", f"{ppl_before['tokens']} tokens"])
     kinds = sorted(mask.counts_per_kind().items(), key=lambda kv: -kv[1])
-    notes = [judge_note(judge), f"Masked weights: {fraction_text(mask)}.",
-             "Noise: each rate is aware / (aware + unaware), so its n counts judged answers (unclear ones apart); "
-             "one answer moves a rate by 1/n, and a change smaller than the 95% Wilson half-widths below is within "
-             "noise."]
-    from .common import wilson_interval
-
-    for d in questions:  # noise per dimension, from the n and the rate actually behind each number
-        parts = []
-        for setting in ("before", "after"):
-            entry = results[setting]["awareness"][d]
-            judged = entry["aware"] + entry["unaware"]
-            if judged == 0:
-                parts.append(f"{setting}: no judged answer (all {entry['n']} unclear), no rate")
-                continue
-            low, high = wilson_interval(entry["aware"], judged)
-            parts.append(f"{setting}: n = {judged}, rate {entry['rate']:.3f}, one answer = {1 / judged:.3f}, "
-                         f"95% Wilson half-width ±{(high - low) / 2:.2f}")
-        notes.append(f"{d}: " + "; ".join(parts) + ".")
-    data = {"config": editor.config.to_dict(), "mask": {"num_masked": mask.num_masked, "per_kind": dict(kinds),
-                                                        "per_layer": {str(k): v for k, v in
-                                                                      mask.counts_per_layer().items()}},
-            "results": results, "judge": judge.name, **(extra or {})}
+    notes = [judge_note(judge), f"Masked weights: {fraction_text(mask)}.", _noise_note(results, questions)]
+    data = {"config": editor.dean_config.to_dict(), "mask": {"num_masked": mask.num_masked, "per_kind": dict(kinds),
+                                                             "per_layer": {str(k): v for k, v in
+                                                                           mask.counts_per_layer().items()}},
+            "results": results, "judge": judge.name, "judge_agreement": {d: a.to_dict() for d, a in
+                                                                           (agreement or {}).items()},
+            "environment": environment(editor.model), "prompt_format": "chat" if chat_template else "raw",
+            "max_new_tokens": max_new_tokens, **(extra or {})}
     return write_report(out_dir, "report", data, title="DEAN: before vs after",
-                        tables=[("Awareness and perplexity", ["metric", "before", "after", "change", "n", "unclear"],
-                                 table),
+                        tables=[("Awareness (same questions before and after) and perplexity",
+                                 ["metric", "before", "after", "change [paired 95% CI]; flips; McNemar p",
+                                  "detectable change"], table),
                                 ("Masked weights per module kind", ["module kind", "weights"], kinds)],
                         notes=notes, plots=plots) | {"plots": plots}
+
+
+def _noise_note(results: Mapping[str, Any], questions: Mapping[str, Any]) -> str:
+    """What the run can tell apart, computed from its own n and flips (never a fixed sentence)."""
+    parts = []
+    for d in questions:
+        c = results["paired"][d]
+        parts.append(f"{d}: {c['n']} questions judged both times, {c['improved']} improved and {c['worsened']} "
+                     f"worsened; a change under {c['detectable']:.3f} is below what this run detects (80% power, "
+                     f"5% level)")
+    return ("Before and after are the same questions, so they are compared pairwise (exact McNemar test on the "
+            "answers that flipped, paired bootstrap interval); " + "; ".join(parts) + ".")
 
 
 def card_evaluation(report: Mapping[str, Any], *, how: str, judge: Optional[Judge] = None) -> tuple[str, list]:

@@ -19,7 +19,8 @@ from .common import measure, restrict
 def dean_setting(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions: Mapping[str, Sequence[str]],
                  cache_dir: str | Path, *, n: int, q: float, p: float, target_modules: str = "mlp",
                  judge: Optional[Judge] = None, max_new_tokens: int = 64, batch_size: int = 8,
-                 show_progress: bool = True, seed: int = 0) -> dict[str, Any]:
+                 show_progress: bool = True, seed: int = 0, keep_answers: bool = False,
+                 chat_template: bool = True) -> dict[str, Any]:
     """Score `sources` (fairness, privacy, general) on n samples, select with q/p among `target_modules`, and
     measure with the mask on. All linear modules are scored (and cached), so other settings reuse the files."""
     config = DeanConfig(q=q, p=p, num_samples=n, seed=seed, max_length=256)
@@ -30,10 +31,11 @@ def dean_setting(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], q
     row: dict[str, Any] = {"n": n, "q": q, "p": p, "modules": target_modules, "masked": mask.num_masked}
     if mask.num_masked:
         editor = DeanEditor(model)
-        editor.add_mask("default", mask, check_base_model=False)
-        editor.set_mask("default")
+        editor.add_adapter("default", mask, check_base_model=False)
+        editor.set_adapter("default")
         row.update(measure(model, tokenizer, questions, judge=judge, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size, show_progress=show_progress))
+                           batch_size=batch_size, show_progress=show_progress, keep_answers=keep_answers,
+                           chat_template=chat_template))
         editor.unload()
     return row
 

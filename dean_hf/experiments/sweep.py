@@ -16,7 +16,8 @@ from .common import measure, restrict
 def sweep(model: nn.Module, tokenizer: Any, targets: Mapping[str, ImportanceScores], general: ImportanceScores,
           questions: Mapping[str, Sequence[str]], *, qs: Sequence[float], ps: Optional[Sequence[float]] = None,
           module_sets: Sequence[str] = ("mlp", "self_attn", "all-linear"), judge: Optional[Judge] = None,
-          max_new_tokens: int = 64, batch_size: int = 8, show_progress: bool = True) -> list[dict[str, Any]]:
+          max_new_tokens: int = 64, batch_size: int = 8, show_progress: bool = True, keep_answers: bool = False,
+          chat_template: bool = True) -> list[dict[str, Any]]:
     """One row per (target modules, q, p): weights masked and the measurements with that mask applied.
 
     The scores are computed once (on all linear modules) and restricted per module set. `ps` defaults
@@ -36,7 +37,8 @@ def sweep(model: nn.Module, tokenizer: Any, targets: Mapping[str, ImportanceScor
                     editor.add_mask("sweep", mask, check_base_model=False)
                     editor.set_mask("sweep")
                     row.update(measure(editor.model, tokenizer, questions, judge=judge,
-                                       max_new_tokens=max_new_tokens, batch_size=batch_size, show_progress=show_progress))
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size, show_progress=show_progress,
+                                       keep_answers=keep_answers, chat_template=chat_template))
                     editor.delete_mask("sweep")
                 rows.append(row)
     return rows

@@ -17,7 +17,7 @@ from ..logging import get_logger
 from ..logging import show_progress as _bars_wanted
 from ..targets import TargetModules, find_target_modules
 from .hooks import BatchState, scoring_hooks
-from .loss import forward_loss
+from .loss import forward_loss, host_loss_positions
 from .scorers import get_scorer
 from .scores import DEFAULT_KEEP, ImportanceScores, check_keep, scores_from_accumulators
 
@@ -126,7 +126,9 @@ def _run_pass(model, data, shard: list[int], modules, score_fn, accumulators, *,
             state.begin(len(idx), mask, [len(data[i][0]) for i in idx])
             grad_ctx = torch.enable_grad() if score_fn.needs_backward else torch.no_grad()
             with grad_ctx:
-                losses = forward_loss(model, ids, labels, mask, trim_logits=trim)  # holds no reference to the logits
+                positions = torch.tensor(host_loss_positions([data[i][1] for i in idx]), dtype=torch.long)
+                losses = forward_loss(model, ids, labels, mask, trim_logits=trim,  # holds no reference to the logits
+                                      positions=positions.pin_memory() if device.type == "cuda" else positions)
                 finite = torch.isfinite(losses.detach()).all()
                 if score_fn.needs_backward:
                     losses.sum().backward()
@@ -187,7 +189,7 @@ def score_importance(
     scorer: str = "snip",
     batch_size: int = 1,
     keep: float = DEFAULT_KEEP,
-    layers_per_pass: Optional[int] = None,
+    layers_per_pass: Optional[int | str] = None,
     modules_per_pass: Optional[int] = None,
     group_by_length: bool = True,
     trim_logits: bool = True,
@@ -209,7 +211,8 @@ def score_importance(
     reduced to each matrix's top `keep` fraction (default 1e-2: selection then works for every q, p up to
     1e-2 and gives exactly the dense result) and moved to the CPU; `keep=1.0` keeps dense scores (26 GB for a
     7B model). `layers_per_pass=k` scores k decoder layers per pass, with only their accumulators alive and the
-    backward stopped below them (one forward+backward per batch per pass; see `dean plan`). `modules_per_pass`
+    backward stopped below them (one forward+backward per batch per pass); "auto" picks k from the memory plan
+    (`dean plan`) and the accelerators' free memory, or one pass where everything fits. `modules_per_pass`
     splits the modules into passes without stopping the backward. `group_by_length` batches samples of similar
     length together (less padding; same scores). `trim_logits` computes logits only at the positions the loss
     reads, for models whose forward takes `logits_to_keep`. Under torch.distributed (`distributed=None`
@@ -218,7 +221,8 @@ def score_importance(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DeanError(f"batch_size={batch_size!r}: expected a positive integer.")
-    for option, value in (("modules_per_pass", modules_per_pass), ("layers_per_pass", layers_per_pass)):
+    for option, value in (("modules_per_pass", modules_per_pass),
+                          ("layers_per_pass", None if layers_per_pass == "auto" else layers_per_pass)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise DeanError(f"{option}={value!r}: expected a positive integer or None.")
     if layers_per_pass is not None and modules_per_pass is not None:
@@ -241,6 +245,16 @@ def score_importance(
     fingerprint = weight_fingerprint(modules)
     rank, world = _distributed(distributed)
     shard = list(range(rank, len(data), world))
+    if layers_per_pass == "auto":  # from the memory plan and the accelerators' free memory (None on the CPU)
+        from ..plan import auto_layers_per_pass
+
+        longest = max(len(ids) for ids, _ in data)
+        layers_per_pass = auto_layers_per_pass(model, batch_size=batch_size, max_length=longest,
+                                               response_tokens=max(sum(l != -100 for l in labels) for _, labels in data),
+                                               target_modules=target_modules)
+        if layers_per_pass:
+            logger.info("layers_per_pass='auto': one set of accumulators does not fit beside the model; scoring "
+                        "%d layers per pass", layers_per_pass)
     groups = _groups(model, list(modules), layers_per_pass, modules_per_pass)
     scores: dict[str, ImportanceScores] = {}
     accumulators: dict[str, torch.Tensor] = {}

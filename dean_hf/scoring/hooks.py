@@ -48,8 +48,8 @@ class BatchState:
 
     def record(self, name: str, grad: torch.Tensor) -> None:
         """Note whether the output gradient of module `name` is finite, as a flag on its device (no host read)."""
-        if self.check_finite:
-            self.flags.append((name, torch.isfinite(grad).all()))
+        if self.check_finite:  # one reduction: a sum is finite only if every entry is (NaN and inf propagate)
+            self.flags.append((name, torch.isfinite(grad.sum(dtype=torch.float32))))
 
     def all_finite(self, device: torch.device) -> torch.Tensor | None:
         """One 0-dim bool tensor on `device`: whether every gradient of this batch was finite (None: none seen).

@@ -37,17 +37,46 @@ def loss_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != -100).any(0).nonzero().flatten()
 
 
+def host_loss_positions(labels: list[list[int]]) -> list[int]:
+    """`loss_positions` from the host-side labels of a batch's samples (no device read)."""
+    width = max(len(row) for row in labels)
+    wanted = [False] * width
+    for row in labels:
+        for t in range(len(row) - 1):
+            if row[t + 1] != -100:
+                wanted[t] = True
+    return [t for t, keep in enumerate(wanted) if keep]
+
+
+def _head_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    """Where the output head computes: the positions that select its inputs must be there (with a device_map
+    over several GPUs, the last one, not the input's)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hook = getattr(head, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device)
+    weight = getattr(head, "weight", None)
+    return weight.device if isinstance(weight, torch.Tensor) and weight.device.type != "meta" else fallback
+
+
 def forward_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
-                 trim_logits: bool = True) -> torch.Tensor:
+                 trim_logits: bool = True, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-sample response loss of one right-padded batch, equal to `per_sample_loss` of the model's logits.
 
     With `trim_logits`, logits are computed only at the positions the loss reads when the model supports
     `logits_to_keep`. Under autograd, the gradient with respect to the logits is formed during the forward
-    pass, so the logits are freed before the backward and it holds one vocabulary-sized buffer, not four."""
-    positions = loss_positions(labels) if trim_logits and _keeps_logits(model) else None
+    pass, so the logits are freed before the backward and it holds one vocabulary-sized buffer, not four.
+    `positions` (from `host_loss_positions`) saves the device read that finding them from `labels` costs."""
+    if trim_logits and _keeps_logits(model):
+        positions = loss_positions(labels) if positions is None else positions
+    else:
+        positions = None
     if positions is not None and len(positions) < 2:  # a one-element tensor could be read as an int count
         positions = None
-    kwargs: dict[str, Any] = {} if positions is None else {"logits_to_keep": positions.to(ids.device)}
+    kwargs: dict[str, Any] = {}
+    if positions is not None:
+        kwargs["logits_to_keep"] = positions.to(_head_device(model, ids.device), non_blocking=True)
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
     if positions is not None and logits.shape[1] != len(positions):
         if logits.shape[1] != ids.shape[1]:
