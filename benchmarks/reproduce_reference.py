@@ -109,6 +109,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128, help="scoring samples per data set (paper: 128)")
     parser.add_argument("--prompt-format", choices=["chat", "raw"], default="chat",
                         help="chat template (default) or the bare question, as the reference code generated")
+    parser.add_argument("--settings", choices=["full", "core"], default="full",
+                        help="full: the q x modules sweep, both SFT variants and every robustness case; core: the MLP "
+                             "q sweep, SFT on privacy data and unsafe-only scoring (a third of the time)")
     parser.add_argument("--rejudge", default=None, help="a report.json of an earlier run: judge its stored answers "
                                                         "again and rewrite the report and table (no generation)")
     args = parser.parse_args()
@@ -164,8 +167,9 @@ def generate(args) -> dict:
     start = time.time()
     n = 8 if args.quick else args.n
     eval_n = 6 if args.quick else (None if args.eval_n == "all" else int(args.eval_n))
+    core = args.settings == "core"
     qs = [1e-3] if args.quick else [1e-4, 1e-3, 1e-2]
-    module_sets = ["mlp"] if args.quick else ["mlp", "self_attn", "all-linear"]
+    module_sets = ["mlp"] if args.quick or core else ["mlp", "self_attn", "all-linear"]
     ns = (4, n) if args.quick else (8, 32, n)
     tokens = 16 if args.quick else 64
     out = Path(args.out)
@@ -189,13 +193,19 @@ def generate(args) -> dict:
     rows = sweep(model, tokenizer, scores, general, questions, qs=qs, module_sets=module_sets, **kw)
     default_mask = select_coupled_neurons({k: v for k, v in scores.items()}, general, q=1e-3, p=1e-3)
 
-    tuned = finetune_variants(model, tokenizer, records["privacy"], records["fairness"], show_progress=not args.quick)
+    tuned = finetune_variants(model, tokenizer, records["privacy"], None if core else records["fairness"],
+                              show_progress=not args.quick)
     sft = {name: measure(m, tokenizer, questions, **kw) for name, m in tuned.items()}
-    sft["sft_privacy + DEAN"] = dean_setting(tuned["sft_privacy"], tokenizer, safe, questions, out / "scores-sft",
-                                             n=n, q=1e-3, p=1e-3, **kw)
+    if not core:
+        sft["sft_privacy + DEAN"] = dean_setting(tuned["sft_privacy"], tokenizer, safe, questions,
+                                                 out / "scores-sft", n=n, q=1e-3, p=1e-3, **kw)
     del tuned
-    robust = robustness(model, tokenizer, safe, {k: REFERENCE / v for k, v in UNSAFE.items()}, questions,
-                        out / "scores", ns=ns, q=1e-3, p=1e-3, **kw)
+    unsafe = {k: REFERENCE / v for k, v in UNSAFE.items()}
+    if core:  # n = 128 safe data is the sweep's MLP q = 1e-3 row: only the unsafe-only case is new
+        robust = [{"data": "unsafe only", **dean_setting(model, tokenizer, unsafe, questions, out / "scores" / "unsafe",
+                                                         n=n, q=1e-3, p=1e-3, **kw)}]
+    else:
+        robust = robustness(model, tokenizer, safe, unsafe, questions, out / "scores", ns=ns, q=1e-3, p=1e-3, **kw)
     plot_rows = [{"setting": "base", "dimension": d, **base[d]} for d in questions]
     for r in [r for r in rows if "fairness" in r][:3]:
         plot_rows += [{"setting": f"{r['modules']} q={r['q']:g}", "dimension": d, **r[d]} for d in questions]
@@ -204,6 +214,7 @@ def generate(args) -> dict:
     command = "cd benchmarks && ../.venv/bin/python reproduce_reference.py" + (" --quick" if args.quick else "") + \
         (f" --eval-n {args.eval_n}" if args.eval_n != "all" else "") + \
         (f" --prompt-format {args.prompt_format}" if args.prompt_format != "chat" else "") + \
+        (f" --settings {args.settings}" if args.settings != "full" else "") + \
         (f" --table {args.table}" if args.table else "")
     return {"base": base, "paper_setting_masked": paper_mask.num_masked, "sweep": rows, "sft": sft,
             "robustness": robust, "minutes": (time.time() - start) / 60, "command": command, "n": n,

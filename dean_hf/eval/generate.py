@@ -41,8 +41,8 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *, ma
 
 def generation_batch_size(model: Any, max_new_tokens: int, *, prompt_tokens: int = 96,
                           budget_bytes: Optional[int] = None) -> int:
-    """A generation batch size chosen from memory: the largest power of two (up to 32 on the CPU, where larger
-    batches stop paying, and 256 on a GPU) whose key/value cache and per-step logits fit in `budget_bytes`
+    """A generation batch size chosen from memory: the largest power of two (up to 64 on the CPU, where larger
+    batches stop paying (0.40 s per answer at 32, 0.34 at 64 for SmolLM2 on 2 cores), and 256 on a GPU) whose key/value cache and per-step logits fit in `budget_bytes`
     (default: a quarter of the GPU's free memory, or 2 GiB on the CPU)."""
     config = getattr(model, "config", None)
     param = next(model.parameters())
@@ -57,7 +57,7 @@ def generation_batch_size(model: Any, max_new_tokens: int, *, prompt_tokens: int
         cap = 256
         budget = budget_bytes if budget_bytes is not None else torch.cuda.mem_get_info(param.device)[0] // 4
     else:
-        cap, budget = 32, budget_bytes if budget_bytes is not None else 2 * 1024 ** 3
+        cap, budget = 64, budget_bytes if budget_bytes is not None else 2 * 1024 ** 3
     size = 1
     while size * 2 <= cap and size * 2 * per_sequence <= budget:
         size *= 2

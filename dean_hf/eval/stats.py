@@ -214,8 +214,8 @@ class CorrectedRate:
 
 def corrected_rate(outcomes: Sequence[Label], agreement: JudgeAgreement, *, n_boot: int = 2000,
                    seed: int = 0) -> CorrectedRate:
-    """Rogan-Gladen corrected awareness of `outcomes`, bootstrapping the questions and the calibration counts
-    (the judge's sensitivity and specificity are resampled from the labels they were measured on)."""
+    """Rogan-Gladen corrected awareness of `outcomes`, with a 95% interval from draws of the observed rate and of
+    the judge's sensitivity and specificity (each from the counts it was measured on)."""
     judged = np.array([o for o in outcomes if o is not None], dtype=float)
     n = judged.size
     raw = float(judged.mean()) if n else math.nan
@@ -223,10 +223,12 @@ def corrected_rate(outcomes: Sequence[Label], agreement: JudgeAgreement, *, n_bo
     if not n or math.isnan(point):
         return CorrectedRate(raw=raw, corrected=point, ci95=(math.nan, math.nan), n=n)
     rng = np.random.default_rng(seed)
-    rates = rng.binomial(n, raw, size=n_boot) / n
-    pos, neg = agreement.true_aware + agreement.false_unaware, agreement.false_aware + agreement.true_unaware
-    se = rng.binomial(pos, agreement.sensitivity, size=n_boot) / pos
-    sp = rng.binomial(neg, agreement.specificity, size=n_boot) / neg
+    # Jeffreys draws (Beta(k + 1/2, n - k + 1/2)) for the rate and for the judge's sensitivity and specificity:
+    # they keep some uncertainty at 0% and 100%, where resampling the counts would have none.
+    aware = int(judged.sum())
+    rates = rng.beta(aware + 0.5, n - aware + 0.5, size=n_boot)
+    se = rng.beta(agreement.true_aware + 0.5, agreement.false_unaware + 0.5, size=n_boot)
+    sp = rng.beta(agreement.true_unaware + 0.5, agreement.false_aware + 0.5, size=n_boot)
     youden = se + sp - 1
     with np.errstate(divide="ignore", invalid="ignore"):
         values = np.clip((rates + sp - 1) / youden, 0.0, 1.0)
