@@ -51,22 +51,6 @@ def test_modules_per_pass_equals_one_pass():
         score_importance(model, examples, modules_per_pass=0)
 
 
-def test_nonfinite_gradient_names_module_and_samples():
-    model = make_model("llama")
-    target = model.model.layers[1].mlp.down_proj
-
-    def poison(module, args, output):
-        output.register_hook(lambda g: g * float("inf"))
-
-    handle = target.register_forward_hook(poison)
-    try:
-        with pytest.raises(DeanError, match=r"non-finite gradient at module '.*' while scoring sample\(s\) \[\d"):
-            score_importance(model, random_examples(2), show_progress=False)
-    finally:
-        handle.remove()
-    assert all(not m._forward_hooks for m in model.modules())
-
-
 def test_concurrent_runs_on_one_cache_folder_score_once(tmp_path, monkeypatch, tokenizer):
     """Two runs on the same --out folder: the file lock makes the second wait and reuse the first one's scores."""
     import threading
