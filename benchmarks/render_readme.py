@@ -36,7 +36,8 @@ def _f(x: Any, spec: str = ".3f") -> str:
 
 def judge_section() -> str:
     data = json.loads(AGREEMENT.read_text(encoding="utf-8"))["rules"]
-    lines = ["| label set | dimension | n | accuracy | kappa | sensitivity | specificity |", "|---|---|---|---|---|---|---|"]
+    lines = ["| label set | dimension | n | accuracy | kappa | sensitivity | specificity |",
+             "|---|---|---|---|---|---|---|"]
     for name, dims in data["all_label_sets"].items():
         for dim, a in sorted(dims.items()):
             lines.append(f"| {name} | {dim} | {a['n']} | {_f(a['accuracy'])} | {_f(a['kappa'], '.2f')} | "

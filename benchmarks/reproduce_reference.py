@@ -24,7 +24,6 @@ from _common import REFERENCE
 
 from dean_hf.config import DeanConfig
 from dean_hf.data import load_records
-from dean_hf.editor import DeanEditor
 from dean_hf.eval.generate import generation_batch_size
 from dean_hf.eval.report import plot_awareness, plot_mask_per_layer, write_report
 from dean_hf.experiments import (change_text, compare_rows, corrected_text, dean_setting, finetune_variants, measure,

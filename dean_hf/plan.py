@@ -10,7 +10,6 @@ accelerate's `infer_auto_device_map`, with room kept for the accumulators and ac
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import make_model, random_examples
 from dean_hf import DeanError, ImportanceScores, score_importance

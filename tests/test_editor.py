@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import make_model, pairs, random_examples
-from dean_hf import DeanConfig, DeanEditor, DeanError, NeuronMask, score_importance, select_coupled_neurons
+from dean_hf import DeanConfig, DeanEditor, DeanError, score_importance, select_coupled_neurons
 
 
 def logits(model, ids):

@@ -11,7 +11,8 @@ from .perplexity import cautionary_frequency, perplexity
 from .agreement import agreement_of, judge_note, measure_agreement
 from .stats import JudgeAgreement, PairedComparison, compare_paired, corrected_rate
 
-def evaluate_awareness(model: Any, tokenizer: Any, questions: Mapping[str, Sequence[str]], *, judge: Judge | None = None,
+def evaluate_awareness(model: Any, tokenizer: Any, questions: Mapping[str, Sequence[str]], *,
+                       judge: Judge | None = None,
                        max_new_tokens: int = 64, batch_size: int = 8, show_progress: bool = True,
                        chat_template: bool = True) -> dict[str, AwarenessResult]:
     """Generate greedy answers to each dimension's questions and judge them: dimension -> result."""

@@ -42,7 +42,8 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *, ma
 def generation_batch_size(model: Any, max_new_tokens: int, *, prompt_tokens: int = 96,
                           budget_bytes: Optional[int] = None) -> int:
     """A generation batch size chosen from memory: the largest power of two (up to 64 on the CPU, where larger
-    batches stop paying (0.40 s per answer at 32, 0.34 at 64 for SmolLM2 on 2 cores), and 256 on a GPU) whose key/value cache and per-step logits fit in `budget_bytes`
+    batches stop paying (0.40 s per answer at 32, 0.34 at 64 for SmolLM2 on 2 cores), and 256 on a GPU) whose
+    key/value cache and per-step logits fit in `budget_bytes`
     (default: a quarter of the GPU's free memory, or 2 GiB on the CPU)."""
     config = getattr(model, "config", None)
     param = next(model.parameters())

@@ -7,4 +7,5 @@ from .sft import finetune_variants, lora_finetune, mix
 from .sweep import sweep
 
 __all__ = ["before_after", "dean_setting", "embedded", "embedded_questions", "finetune_variants", "lora_finetune",
-           "change_text", "compare_rows", "corrected_text", "measure", "mix", "rate_text", "restrict", "robustness", "run_demo", "sweep", "wilson_interval"]
+           "change_text", "compare_rows", "corrected_text", "measure", "mix", "rate_text", "restrict", "robustness",
+           "run_demo", "sweep", "wilson_interval"]

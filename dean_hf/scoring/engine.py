@@ -249,9 +249,9 @@ def score_importance(
         from ..plan import auto_layers_per_pass
 
         longest = max(len(ids) for ids, _ in data)
+        response = max(sum(label != -100 for label in labels) for _, labels in data)
         layers_per_pass = auto_layers_per_pass(model, batch_size=batch_size, max_length=longest,
-                                               response_tokens=max(sum(l != -100 for l in labels) for _, labels in data),
-                                               target_modules=target_modules)
+                                               response_tokens=response, target_modules=target_modules)
         if layers_per_pass:
             logger.info("layers_per_pass='auto': one set of accumulators does not fit beside the model; scoring "
                         "%d layers per pass", layers_per_pass)

@@ -132,7 +132,8 @@ def scoring_hooks(model: nn.Module, modules: dict[str, nn.Module], scorer: Score
     """Install the hooks of `scorer` on `modules`; freeze every parameter and put the model in eval mode.
 
     Gradients flow through activations only, from the input embeddings on, or, with `grad_from` (a decoder
-    block), from that block's input on: the backward then stops there. No parameter gets a `.grad`. On exit, also by an exception or KeyboardInterrupt, every hook is removed and each
+    block), from that block's input on: the backward then stops there. No parameter gets a `.grad`. On exit,
+    also by an exception or KeyboardInterrupt, every hook is removed and each
     parameter's `requires_grad`, each module's train/eval mode and each `.grad` are as before.
     """
     state = BatchState()

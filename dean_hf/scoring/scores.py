@@ -62,7 +62,8 @@ class ImportanceScores(Mapping):
 
     A set reduced with `sparsify(keep)` (as `score_importance` returns it by default) holds only each matrix's
     top `keep` fraction (at least `MIN_KEPT` entries): `top(name, k)` answers exactly for k up to that, and
-    `scores[name]` is then dense with zeros outside the kept entries. `metadata` records the model (name, revision), the scorer, the number of
+    `scores[name]` is then dense with zeros outside the kept entries. `metadata` records the model (name,
+    revision), the scorer, the number of
     samples and response tokens, the target modules and a fingerprint of the tokenized data.
     """
 
