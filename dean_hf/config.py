@@ -142,6 +142,21 @@ class DeanConfig:
                                                         "(26 GB per data set for a 7B model)."})
     legacy: bool = field(default=False, metadata={"help": "Reproduce the reference code's selection, including its "
                                                           "position-by-position AND of the two sets (a defect)."})
+    scale: float = field(default=0.0, metadata={"help": "Factor the selected weights are multiplied by, in [0, 1): 0 "
+                                                        "zeroes them (DEAN's edit); 0.5 halves them. The mask file "
+                                                        "holds the factor that is applied; this records it."})
+    granularity: str = field(default="weight", metadata={"help": "What is ranked and selected: 'weight' (single "
+                                                                 "weights, DEAN) or 'neuron' (whole neurons: rows of "
+                                                                 "up/gate and attention projections, columns of down "
+                                                                 "projections; needs dense scores, keep=1)."})
+    selection_expression: Optional[str] = field(
+        default=None, metadata={"help": "The set expression the mask was selected by, over named score sets: names, "
+                                        "'&' (intersection), '|' (union), '-' (difference) and parentheses, e.g. "
+                                        "'(unsafe_fairness & unsafe_privacy) - (safe_fairness | general)'. None: "
+                                        "'(target_1 & ... & target_n) - general' with q and p."})
+    selection_fractions: Optional[dict] = field(
+        default=None, metadata={"help": "With selection_expression: the fraction of each matrix each name of the "
+                                        "expression stands for (its top set), e.g. {'unsafe_fairness': 1e-3}."})
     base_model_name_or_path: Optional[str] = field(default=None, metadata={"help": "The model the mask was made for."})
     revision: Optional[str] = field(default=None, metadata={"help": "Revision (commit) of the base model."})
     base_model_fingerprint: Optional[dict] = field(
@@ -191,6 +206,7 @@ class DeanConfig:
         for name in ("chat_template", "legacy"):
             if not isinstance(getattr(self, name), bool):
                 raise _invalid(name, getattr(self, name), "true or false")
+        self._validate_selection()
         for name in ("base_model_name_or_path", "revision"):
             if getattr(self, name) is not None:
                 _check_text(name, getattr(self, name), empty=True)
@@ -202,6 +218,40 @@ class DeanConfig:
                                                  and _DIGEST.fullmatch(self.mask_digest)):
             raise _invalid("mask_digest", self.mask_digest, "null or 64 lowercase hex digits (a SHA-256)")
         check_version_string(self.dean_hf_version)
+
+    def _validate_selection(self) -> None:
+        """scale, granularity, selection_expression and selection_fractions, alone and with `legacy`."""
+        from .selection import GRANULARITIES, expression_names  # noqa: PLC0415 - selection imports torch
+
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 <= self.scale < 1:
+            raise _invalid("scale", self.scale, "a finite number in [0, 1)", "It is the factor the selected weights "
+                           "are multiplied by: 0 zeroes them (DEAN), 0.5 halves them.")
+        if self.granularity not in GRANULARITIES:
+            raise _invalid("granularity", self.granularity, f"one of {list(GRANULARITIES)}")
+        names: list[str] = []
+        if self.selection_expression is not None:
+            _check_text("selection_expression", self.selection_expression)
+            try:
+                names = expression_names(self.selection_expression)
+            except DeanError as err:
+                raise _invalid("selection_expression", self.selection_expression, "a valid set expression",
+                               str(err)) from None
+        if self.selection_fractions is not None:
+            if self.selection_expression is None:
+                raise _invalid("selection_fractions", self.selection_fractions, "null without a selection_expression")
+            if not isinstance(self.selection_fractions, dict) or len(self.selection_fractions) > MAX_ITEMS:
+                raise _invalid("selection_fractions", self.selection_fractions, "null or an object of name -> "
+                               "fraction in (0, 1]")
+            for key, value in self.selection_fractions.items():
+                _check_text("selection_fractions key", key)
+                _check_fraction(f"selection_fractions[{quote(key, 40)}]", value)
+            if set(self.selection_fractions) != set(names):
+                raise _invalid("selection_fractions", self.selection_fractions, "a fraction for each name of "
+                               f"selection_expression and no other (its names are {quote(names, 200)})")
+        if self.legacy and (self.granularity != "weight" or self.selection_expression is not None):
+            raise _invalid("legacy", self.legacy, "false with granularity='neuron' or a selection_expression",
+                           "legacy=True reproduces the reference code, which selects single weights by "
+                           "(F ∩ P) \\ G: leave it off for the other selections.")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-ready dict."""

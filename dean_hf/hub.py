@@ -57,9 +57,11 @@ def render_card(config: DeanConfig, mask: NeuronMask, *, repo_id: Optional[str] 
                 datasets: Optional[list[str]] = None) -> str:
     """The model card (Markdown with YAML metadata) of a mask or of a merged checkpoint.
 
-    `evaluation` is the Markdown of the Evaluation section; `eval_results` (huggingface_hub `EvalResult`s)
-    go into the card metadata as `model-index`, which the Hub shows. Raises DeanError if the config holds a
-    value that cannot be written (rendered before any file is)."""
+    The card shows how the weights are edited (zeroed, or multiplied by the mask's scale), the selection (DEAN's
+    (F ∩ P) \\ G, the legacy rule, or the config's selection expression and its fractions) and its granularity
+    (single weights or whole neurons). `evaluation` is the Markdown of the Evaluation section; `eval_results`
+    (huggingface_hub `EvalResult`s) go into the card metadata as `model-index`, which the Hub shows. Raises
+    DeanError if the config holds a value that cannot be written (rendered before any file is)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     base = config.base_model_name_or_path or "unknown"
@@ -79,6 +81,10 @@ def render_card(config: DeanConfig, mask: NeuronMask, *, repo_id: Optional[str] 
         )
         frac = mask.num_masked / mask.num_weights if mask.num_weights else 0.0
         kinds = sorted(mask.counts_per_kind().items(), key=lambda kv: -kv[1])
+        # The mask's own scale is the one applied (the config records it); the selection comes from the config.
+        selection = "reference code (legacy, position-wise AND)" if config.legacy else \
+            f"`{config.selection_expression}`" if config.selection_expression else "(F ∩ P) \\ G"
+        selection = selection.replace("|", "\\|")  # a table cell: GitHub's Markdown splits cells at a bare |
         card = ModelCard.from_template(
             card_data,
             template_path=str(_template_path()),
@@ -99,7 +105,13 @@ def render_card(config: DeanConfig, mask: NeuronMask, *, repo_id: Optional[str] 
             num_samples=config.num_samples,
             seed=config.seed,
             target_modules=config.target_modules,
-            selection="reference code (legacy, position-wise AND)" if config.legacy else "(F ∩ P) \\ G",
+            selection=selection,
+            expression=config.selection_expression,
+            fractions=", ".join(f"{k}: {v:g}" for k, v in (config.selection_fractions or {}).items()) or None,
+            granularity=("whole neurons (rows of up/gate and attention projections, columns of down projections)"
+                         if config.granularity == "neuron" else "single weights"),
+            scale=mask.scale,
+            edit=f"multiplied by {mask.scale:g}" if mask.scale else "zeroed",
             per_kind=kinds,
             evaluation=evaluation or "Not evaluated yet: run `dean eval --mask` on this folder to add the figures.",
             version=config.dean_hf_version,

@@ -1,4 +1,5 @@
-"""`NeuronMask`: which weights to zero, as sorted flat indices per module."""
+"""`NeuronMask`: which weights to edit, as sorted flat indices per module, and the factor they are multiplied by
+(`scale`: 0 zeroes them, DEAN's edit)."""
 
 from __future__ import annotations
 
@@ -77,11 +78,25 @@ def validate_indices(name: str, indices: Any, shape: tuple[int, ...]) -> torch.T
     return indices
 
 
+def validate_scale(value: Any) -> float:
+    """`value` as a float in [0, 1) (-0.0 becomes 0.0), or DeanError naming it."""
+    # Compared before anything else: NaN and inf fail the range, and a huge int never reaches float().
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1
+    if not ok:
+        raise DeanError(f"scale={quote(value)}: expected a finite number in [0, 1), the factor the selected weights "
+                        "are multiplied by (0 zeroes them, as DEAN does; 0.5 halves them).")
+    return float(value) + 0.0
+
+
 class NeuronMask(Mapping):
-    """A read-only mapping module name -> sorted int64 flat indices into that module's weight."""
+    """A read-only mapping module name -> sorted int64 flat indices into that module's weight.
+
+    `scale` is the factor the indexed weights are multiplied by when the mask is applied: 0.0 (the default)
+    zeroes them, as DEAN does; a value in (0, 1) dampens them instead. It is part of the mask (saved in its file
+    and covered by `digest()`)."""
 
     def __init__(self, indices: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]],
-                 metadata: Mapping[str, Any] | None = None):
+                 metadata: Mapping[str, Any] | None = None, *, scale: float = 0.0):
         missing = [n for n in indices if n not in shapes]
         if missing:
             raise DeanError(f"mask has indices but no weight shape for {quote(missing)}.")
@@ -92,6 +107,7 @@ class NeuronMask(Mapping):
         self._indices = {n: validate_indices(n, indices.get(n, torch.zeros(0, dtype=torch.int64)), self._shapes[n])
                          for n in self._shapes}
         self.metadata: Mapping[str, Any] = MappingProxyType(dict(metadata or {}))
+        self._scale = validate_scale(scale)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._indices[name]
@@ -103,7 +119,13 @@ class NeuronMask(Mapping):
         return len(self._indices)
 
     def __repr__(self) -> str:
-        return f"NeuronMask({self.num_masked} weights in {len(self)} modules)"
+        scaled = f", scale={self._scale:g}" if self._scale else ""
+        return f"NeuronMask({self.num_masked} weights in {len(self)} modules{scaled})"
+
+    @property
+    def scale(self) -> float:
+        """The factor the masked weights are multiplied by: 0.0 zeroes them."""
+        return self._scale
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -139,8 +161,10 @@ class NeuronMask(Mapping):
         return dict(counts)
 
     def digest(self) -> str:
-        """SHA-256 (hex) of the module names, shapes and indices: equal digests mean equal masks."""
-        # Every field is length-prefixed, so no two different masks hash the same bytes.
+        """SHA-256 (hex) of the module names, shapes, indices and scale: equal digests mean equal masks."""
+        # Every field is length-prefixed, so no two different masks hash the same bytes. A non-zero scale is a
+        # trailer after the last module (the count of modules comes first, so the records end at a known point):
+        # masks of scale 0 keep the digests they had before scale existed.
         h = hashlib.sha256(f"{FORMAT}/{FORMAT_VERSION}\0".encode())
         h.update(struct.pack("<Q", len(self._indices)))
         for name in sorted(self._indices):
@@ -148,6 +172,8 @@ class NeuronMask(Mapping):
             h.update(struct.pack(f"<Q{len(encoded)}sQ{len(shape)}QQ", len(encoded), encoded, len(shape), *shape,
                                  indices.numel()))
             h.update(indices.cpu().numpy().astype("<i8").tobytes())
+        if self._scale:
+            h.update(b"scale\0" + struct.pack("<d", self._scale))
         return h.hexdigest()
 
     def to_bool(self, name: str) -> torch.Tensor:
@@ -157,14 +183,15 @@ class NeuronMask(Mapping):
         return flat.view(self._shapes[name])
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write one safetensors file (indices; shapes and metadata in its JSON header), atomically."""
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+        """Write one safetensors file (indices; shapes, scale and metadata in its JSON header), atomically."""
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "scale": self._scale,
                 "shapes": {n: list(s) for n, s in self._shapes.items()}, "metadata": dict(self.metadata)}
         atomic_write_safetensors(path, {n: t.cpu() for n, t in self._indices.items()}, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "NeuronMask":
-        """Read a file written by `save`; the header and every index are checked (DeanError if not valid)."""
+        """Read a file written by `save`; the header and every index are checked (DeanError if not valid). Files
+        written before masks had a scale load with scale 0.0."""
         tensors, meta = read_safetensors(path, "mask")
         where = quote(str(path))
         if meta.get("format") != FORMAT:
@@ -185,7 +212,7 @@ class NeuronMask(Mapping):
             raise DeanError(f"{where} has metadata={quote(extra)}, expected a JSON object: the file is corrupt; "
                             "write it again.")
         try:
-            return cls({n: tensors[n] for n in shapes}, shapes, extra)
+            return cls({n: tensors[n] for n in shapes}, shapes, extra, scale=meta.get("scale", 0.0))
         except DeanError as err:  # name the file: the message says what in it is wrong
             raise DeanError(f"{where}: {err} The file is corrupt: write it again.") from None
 

@@ -121,13 +121,15 @@ def stream_saved_weights(model: nn.Module) -> Iterator[None]:
 
 
 class _ZeroMasked(ModelHook):
-    """Chained after accelerate's offloading hook: zeroes the masked entries of the weight it has just loaded.
+    """Chained after accelerate's offloading hook: zeroes the masked entries of the weight it has just loaded, or
+    multiplies them by `scale` (a mask's factor in (0, 1)). Each load is a fresh copy of the stored weight, so the
+    factor applies once to the original values.
 
     When the loaded weight is the stored tensor itself (weights kept in CPU memory, computed on the CPU), it is
     copied first: the store is never changed, so removing the hook restores the original weights."""
 
-    def __init__(self, indices: torch.Tensor, stored: Optional[torch.Tensor]):
-        self.indices, self.stored = indices, stored
+    def __init__(self, indices: torch.Tensor, stored: Optional[torch.Tensor], scale: float = 0.0):
+        self.indices, self.stored, self.scale = indices, stored, scale
         self._on: dict[torch.device, torch.Tensor] = {}
 
     def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any):
@@ -138,7 +140,7 @@ class _ZeroMasked(ModelHook):
         idx = self._on.get(flat.device)
         if idx is None:
             idx = self._on[flat.device] = self.indices.to(flat.device)
-        flat[idx] = 0
+        flat[idx] = flat[idx] * self.scale if self.scale else 0
         return args, kwargs
 
 
@@ -149,12 +151,13 @@ def _stored_in_memory(module: nn.Module) -> Optional[torch.Tensor]:
     return first if first.data_ptr() == second.data_ptr() else None
 
 
-def attach_mask(module: nn.Module, indices: torch.Tensor) -> None:
-    """Zero `indices` of an offloaded module's weight at every load (reversible with `detach_mask`)."""
+def attach_mask(module: nn.Module, indices: torch.Tensor, scale: float = 0.0) -> None:
+    """Zero `indices` of an offloaded module's weight at every load, or multiply them by `scale` (reversible with
+    `detach_mask`)."""
     from accelerate.hooks import SequentialHook
 
     hook = module._hf_hook
-    module._hf_hook = SequentialHook(hook, _ZeroMasked(indices, _stored_in_memory(module)))  # read at each call
+    module._hf_hook = SequentialHook(hook, _ZeroMasked(indices, _stored_in_memory(module), scale))  # read per call
 
 
 def detach_mask(module: nn.Module) -> None:
@@ -167,14 +170,15 @@ def detach_mask(module: nn.Module) -> None:
         module._hf_hook = kept[0] if len(kept) == 1 else SequentialHook(*kept)
 
 
-def write_zeros(module: nn.Module, indices: torch.Tensor) -> bool:
-    """Zero `indices` in the stored (offloaded) weight itself, where it is a tensor kept in memory (CPU
-    offloading). Returns False for storage that loads a fresh copy each time (disk)."""
+def write_zeros(module: nn.Module, indices: torch.Tensor, scale: float = 0.0) -> bool:
+    """Zero `indices` (or multiply them by `scale`) in the stored (offloaded) weight itself, where it is a tensor
+    kept in memory (CPU offloading). Returns False for storage that loads a fresh copy each time (disk)."""
     stored = _stored_in_memory(module)
     if stored is None:
         return False
     with torch.no_grad():
-        stored.view(-1)[indices.to(stored.device)] = 0
+        flat, idx = stored.view(-1), indices.to(stored.device)
+        flat[idx] = flat[idx] * scale if scale else 0
     return True
 
 

@@ -163,8 +163,15 @@ def mask_and_config(targets: Mapping[str, ImportanceScores], general: Optional[I
     metadata, the mask's digest). The one place where a mask and its config are made."""
     if not isinstance(targets, Mapping) or not targets:
         raise DeanError("targets is empty: pass {'fairness': scores, 'privacy': scores}.")
-    mask = select_coupled_neurons(targets, general, q=config.q, p=config.p if general is not None else None,
-                                  legacy=config.legacy)
+    if config.selection_expression:  # a set expression over the named score sets (targets and the general set)
+        from .selection import select_by_expression
+
+        named = {**targets, **({general_name or config.general_dataset or "general": general} if general else {})}
+        mask = select_by_expression(config.selection_expression, named, fractions=config.selection_fractions or {},
+                                    granularity=config.granularity, scale=config.scale)
+    else:
+        mask = select_coupled_neurons(targets, general, q=config.q, p=config.p if general is not None else None,
+                                      legacy=config.legacy, granularity=config.granularity, scale=config.scale)
     meta = next(iter(targets.values())).metadata
     fingerprint = meta.get("base_model_fingerprint")
     if isinstance(fingerprint, Mapping) and isinstance(fingerprint.get("probes"), Mapping):

@@ -6,6 +6,7 @@ Every change of a model's masked weights goes through the `MaskState` of that mo
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -36,7 +37,8 @@ def state_for(model: nn.Module) -> "MaskState":
 class MaskState:
     """Named masks of one model, at most one applied, and the original values of the applied mask's weights.
 
-    The original values are kept on each weight's device, in its dtype: restoring them is exact."""
+    Applying a mask sets its weights to `original * mask.scale` (exactly 0 for scale 0). The original values are
+    kept on each weight's device, in its dtype: restoring them is exact."""
 
     def __init__(self, model: nn.Module):
         self._model = weakref.ref(model)  # the registry's key must not be kept alive by its value
@@ -93,6 +95,11 @@ class MaskState:
             raise DeanError(f"a mask named {quote(name)} exists already: delete it first (delete_adapter) or pick "
                             "another name.")
         modules = self.modules_of(mask)
+        if config.scale != mask.scale:  # the mask's scale is what is applied (and digested): the record follows it
+            if config.scale:
+                logger.warning("the config of mask %r records scale=%g, the mask itself %g: the mask's scale is "
+                               "applied and recorded.", name, config.scale, mask.scale)
+            config = dataclasses.replace(config, scale=mask.scale)
         self.masks[name], self.configs[name] = mask, config
         return modules
 
@@ -125,11 +132,12 @@ class MaskState:
         flats = {n: m.weight.data.view(-1) for n, m in resident.items()}
         indices = {n: mask[n].to(flat.device, non_blocking=True) for n, flat in flats.items()}
         originals = {n: flat[indices[n]].clone() for n, flat in flats.items()}
+        scale = mask.scale
         for n, flat in flats.items():  # everything is read before anything is written
-            flat[indices[n]] = 0
+            flat[indices[n]] = originals[n] * scale if scale else 0
         for n, module in modules.items():
-            if n not in resident:  # accelerate loads it for each forward: zero the entries at each load
-                attach_mask(module, mask[n])
+            if n not in resident:  # accelerate loads it for each forward: edit the entries at each load
+                attach_mask(module, mask[n], scale)
         self._originals, self.active = originals, name
 
     @torch.no_grad()
@@ -165,20 +173,20 @@ class MaskState:
                 self._apply(active, self.modules_of(self.masks[active]))
 
     def _merge_offloaded(self) -> None:
-        """Write the active mask's zeros into accelerate's stored weights where they are kept in memory; weights
-        loaded from disk keep the zeroing hook, so the model stays edited."""
+        """Write the active mask's edit (zeros, or scaled values) into accelerate's stored weights where they are
+        kept in memory; weights loaded from disk keep the hook, so the model stays edited."""
         mask = self.masks[self.active]
         for n, module in resolve_modules(self.model, list(mask)).items():
-            if is_offloaded(module) and write_zeros(module, mask[n]):
+            if is_offloaded(module) and write_zeros(module, mask[n], mask.scale):
                 detach_mask(module)
             elif is_offloaded(module):
                 logger.warning("%s is offloaded to disk: the mask stays applied by a hook at each load (the files "
                                "in the offload folder are not changed). Save a merged checkpoint with `dean apply` "
-                               "to keep the zeros for good.", n)
+                               "to keep the edit for good.", n)
 
     # ------------------------------------------------------------------ leaving
     def clear(self, *, keep_edits: bool) -> None:
-        """Forget every mask: restore the original weights first, or (`keep_edits`) keep the applied zeros."""
+        """Forget every mask: restore the original weights first, or (`keep_edits`) keep the applied edit."""
         self.check_changeable("unload/merge_and_unload")
         if not keep_edits:
             self._restore()
