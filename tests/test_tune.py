@@ -74,3 +74,24 @@ def test_missing_data_for_a_variant_is_found_before_any_work(tokenizer, tmp_path
         tune(make_model("llama"), tokenizer, {"fairness": pairs(4), "privacy": pairs(4), "general": pairs(4)},
              QUESTIONS, tmp_path, space=TuneSpace(variants=("contrastive",)), dev_size=5)
     assert Setting(variant="scale", scale=0.5).label().endswith("scale 0.5, snip, n=128")
+
+
+def test_an_interrupted_search_is_resumed_without_measuring_again(tokenizer, tmp_path, monkeypatch):
+    judge = CallableJudge(lambda dim, q, a: int(q.split()[1].rstrip("?")) % 3 != 0, name="by question")
+    sources = {"fairness": pairs(6), "privacy": pairs(6, offset=2), "general": pairs(6, offset=4)}
+    space = TuneSpace(qs=(0.05, 0.2), module_sets=("mlp",), variants=("zero",), ns=(4,))
+    kwargs = dict(space=space, dev_size=6, seed=1, judge=judge, max_new_tokens=2, show_progress=False,
+                  objective=Objective(max_perplexity_increase=10.0))
+    first = tune(make_model("llama"), tokenizer, sources, QUESTIONS, tmp_path / "a", **kwargs)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "trials.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == [r["label"] for r in first["trials"]]
+    calls = []
+    real = tune_module.measure
+    monkeypatch.setattr(tune_module, "measure", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    resumed = tune(make_model("llama"), tokenizer, sources, QUESTIONS, tmp_path / "b", resume=rows, **kwargs)
+    dev = first["split"]["dev_questions"]
+    assert len(calls) == 2 and all(c != dev for c in calls)  # only the confirmation, on the test part
+    assert resumed["chosen"] == first["chosen"] and resumed["resumed"] is True
+    assert resumed["confirmation"]["fairness"]["paired"] == first["confirmation"]["fairness"]["paired"]
+    with pytest.raises(DeanError, match="not made with this grid"):
+        tune(make_model("llama"), tokenizer, sources, QUESTIONS, tmp_path / "c", resume=rows[:1], **kwargs)

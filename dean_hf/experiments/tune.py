@@ -11,6 +11,7 @@ the report says whether the edit helped, hurt, or could not be told apart. Every
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -149,12 +150,15 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
          out_dir: str | Path, *, space: Optional[TuneSpace] = None, objective: Optional[Objective] = None,
          dev_size: int | Mapping[str, int] = 150, seed: int = 0, judge: Optional[Judge] = None,
          categories: Optional[Mapping[str, Sequence[str]]] = None, max_new_tokens: int = 64, batch_size: int = 8,
-         chat_template: bool = True, show_progress: bool = True) -> dict[str, Any]:
+         chat_template: bool = True, show_progress: bool = True,
+         resume: Optional[Sequence[Mapping[str, Any]]] = None) -> dict[str, Any]:
     """Search `space` on the development questions, confirm the best setting once on the test questions, and
     write a report (table of every trial, confirmation, plot) into `out_dir`; returns the report's data.
 
     `sources` names the scoring data: "fairness", "privacy", "general", and for the contrastive variant
-    "unsafe_fairness" and "unsafe_privacy" (anything `load_records` takes)."""
+    "unsafe_fairness" and "unsafe_privacy" (anything `load_records` takes). `resume` takes the trial rows of an
+    interrupted run (its `trials.jsonl`, same grid, split and seed): the search is not repeated, the best of
+    those trials is confirmed."""
     space, objective, judge = space or TuneSpace(), objective or Objective(), judge or RuleJudge()
     settings = space.settings()
     needed = {"fairness", "privacy", "general"} | ({"unsafe_fairness", "unsafe_privacy"}
@@ -167,13 +171,12 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
     out.mkdir(parents=True, exist_ok=True)
     kw = dict(judge=judge, max_new_tokens=max_new_tokens, batch_size=batch_size, show_progress=False,
               keep_answers=True, chat_template=chat_template)
-    base_dev = measure(model, tokenizer, dev, **kw)
     records = {}
     for n in sorted(set(space.ns)):  # every data set is read (and checked) before any scoring
         records[n] = {k: load_records(v, n=n, seed=seed) for k, v in sources.items() if k in needed}
     scores_for: dict[tuple[str, int], Any] = {}
-    trials = []
-    for setting in tqdm(settings, desc="tune: trials", unit="trial", disable=not _bars_wanted(show_progress)):
+
+    def scores_of(setting: Setting) -> Any:
         key = (setting.scorer, setting.n)
         if key not in scores_for:
             keep = 1.0 if "neuron" in space.variants else max(max(space.qs), max(space.ps or space.qs))
@@ -182,7 +185,42 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
             scores_for[key] = score_datasets_cached(model, tokenizer, records[setting.n], config,
                                                     out / "scores" / f"{setting.scorer}-{setting.n}",
                                                     show_progress=show_progress)
-        mask = _mask_for(setting, scores_for[key])
+        return scores_for[key]
+
+    base_dev = None
+    if resume is not None:
+        trials = [dict(r) for r in resume]
+        if [r.get("label") for r in trials] != [s.label() for s in settings]:
+            raise DeanError(f"resume: the {len(trials)} trials given were not made with this grid of "
+                            f"{len(settings)} settings (in this order): pass the same space, split and seed.")
+        for row in trials:
+            row["objective"] = objective.value(row)
+    else:
+        trials = _search(model, tokenizer, dev, settings, scores_of, objective, out, kw, show_progress)
+        base_dev = trials.pop()
+    chosen = max(trials, key=lambda r: (r["objective"], -r["masked"]))
+    confirmation = _confirm(model, tokenizer, test, chosen, scores_of, kw) if chosen["objective"] > -math.inf \
+        else None
+    data = {"objective": objective.describe(), "split": {"seed": seed, "dev": {d: len(q) for d, q in dev.items()},
+                                                        "test": {d: len(q) for d, q in test.items()},
+                                                        "dev_questions": dev},
+            "base_dev": {d: {k: base_dev[d][k] for k in ("rate", "aware", "unaware", "unclear", "n")} for d in dev}
+            if base_dev else None, "resumed": resume is not None,
+            "base_dev_perplexity": base_dev["perplexity"] if base_dev else None, "trials": trials,
+            "chosen": chosen["label"],
+            "confirmation": confirmation}
+    _write(out, data, trials)
+    return data
+
+
+def _search(model, tokenizer, dev, settings, scores_of, objective, out, kw, show_progress) -> list[dict[str, Any]]:
+    """Every setting measured on the development questions against the base model (paired); the base model's
+    figures come last in the returned list. Rows are appended to `trials.jsonl` as they are measured."""
+    (out / "trials.jsonl").unlink(missing_ok=True)
+    base_dev = measure(model, tokenizer, dev, **kw)
+    trials = []
+    for setting in tqdm(settings, desc="tune: trials", unit="trial", disable=not _bars_wanted(show_progress)):
+        mask = _mask_for(setting, scores_of(setting))
         row: dict[str, Any] = {"setting": asdict(setting), "label": setting.label(), "masked": mask.num_masked}
         if mask.num_masked:
             editor = DeanEditor(model)
@@ -201,25 +239,17 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
             row["perplexity_change"] = measured["perplexity"] / base_dev["perplexity"] - 1
         row["objective"] = objective.value(row)
         trials.append(row)
-    chosen = max(trials, key=lambda r: (r["objective"], -r["masked"]))
-    confirmation = _confirm(model, tokenizer, test, chosen, scores_for, kw) if chosen["objective"] > -math.inf \
-        else None
-    data = {"objective": objective.describe(), "split": {"seed": seed, "dev": {d: len(q) for d, q in dev.items()},
-                                                        "test": {d: len(q) for d, q in test.items()},
-                                                        "dev_questions": dev},
-            "base_dev": {d: {k: base_dev[d][k] for k in ("rate", "aware", "unaware", "unclear", "n")} for d in dev},
-            "base_dev_perplexity": base_dev["perplexity"], "trials": trials, "chosen": chosen["label"],
-            "confirmation": confirmation}
-    _write(out, data, trials)
-    return data
+        with open(out / "trials.jsonl", "a", encoding="utf-8") as f:  # a long search keeps what it measured so far
+            f.write(json.dumps(row, default=str) + "\n")
+    return trials + [base_dev]
 
 
-def _confirm(model, tokenizer, test, chosen, scores_for, kw) -> dict[str, Any]:
+def _confirm(model, tokenizer, test, chosen, scores_of, kw) -> dict[str, Any]:
     """The chosen setting, once, on the test questions: paired against the base model, Holm over dimensions."""
     setting = Setting(**chosen["setting"])
     base = measure(model, tokenizer, test, **kw)
     editor = DeanEditor(model)
-    editor.add_adapter("tune", _mask_for(setting, scores_for[(setting.scorer, setting.n)]), check_base_model=False)
+    editor.add_adapter("tune", _mask_for(setting, scores_of(setting)), check_base_model=False)
     editor.set_adapter("tune")
     try:
         edited = measure(model, tokenizer, test, **kw)
