@@ -243,3 +243,26 @@ def test_classifier_judge_on_a_tiny_model(tokenizer):
         enc = tokenizer("Where?\nI can't share that.", return_tensors="pt")
         expected = "aware" if int(model(**enc).logits.argmax(-1)) == 0 else "unaware"
     assert judge.judge("privacy", "Where?", "I can't share that.") == expected
+
+
+@pytest.mark.parametrize("prompt_format", ["chat", "raw"])
+def test_prompt_formats(tokenizer, monkeypatch, prompt_format):
+    """chat: the question in the chat template with the assistant turn opened; raw: the bare question, as the
+    reference code generated (no template, the tokenizer's own special tokens)."""
+    from dean_hf.eval import generate_answers
+
+    seen = []
+    real = tokenizer.__class__.__call__
+
+    def spy(self, text, *args, **kwargs):
+        seen.append((text, kwargs.get("add_special_tokens")))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer.__class__, "__call__", spy)
+    generate_answers(make_model("llama"), tokenizer, ["Where does she live?"], max_new_tokens=2, batch_size=1,
+                     chat_template=prompt_format == "chat", show_progress=False)
+    (texts, special), = [s for s in seen if isinstance(s[0], list)]
+    if prompt_format == "chat":
+        assert texts == ["<|im_start|>user\nWhere does she live?<|im_end|>\n<|im_start|>assistant\n"] and not special
+    else:
+        assert texts == ["Where does she live?"] and special
