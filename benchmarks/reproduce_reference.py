@@ -132,7 +132,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             md = write_report(tmp, "table", data, title="DEAN on SmolLM2-135M-Instruct: reference run",
                               tables=tables, notes=notes)["markdown"]
-            write_section(args.table, "reference", Path(md).read_text(encoding="utf-8"))
+            text = "\n".join(line for line in Path(md).read_text(encoding="utf-8").splitlines()
+                             if not line.startswith("<!--"))
+            write_section(args.table, "reference", text)
         summary = {k: data[k] for k in ("question_set", "n", "minutes", "date", "command", "prompt_format")}
         summary["settings"] = {"base": _summary(data["base"])}
         for r in data["sweep"]:

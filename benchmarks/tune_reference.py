@@ -64,7 +64,8 @@ def main() -> None:
         (f" --resume {args.resume}" if args.resume else "") + (f" --table {args.table}" if args.table else "")
     if args.table:
         report = (Path(args.out) / "tune.md").read_text(encoding="utf-8").replace("# dean tune", "## dean tune", 1)
-        report = "\n".join(line for line in report.splitlines() if not line.startswith("![")).replace("\n## ", "\n### ")
+        report = "\n".join(line for line in report.splitlines()
+                           if not line.startswith(("![", "<!--"))).replace("\n## ", "\n### ")
         report = report.replace("### dean tune", "## dean tune", 1)
         write_section(args.table, "tune", report + f"\n{args.note + ' ' if args.note else ''}Ran in {minutes:.0f} min, "
                                                    f"{time.strftime('%Y-%m-%d')}. Command: `{command}`\n")

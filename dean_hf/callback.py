@@ -73,6 +73,10 @@ class DeanCallback(TrainerCallback):
                  target_modules: TargetModules = "all-linear"):
         if mask is None and not collect_scores:
             raise DeanError("DeanCallback needs a mask to enforce, collect_scores=True, or both.")
+        if mask is not None and getattr(mask, "scale", 0.0):
+            raise DeanError(f"DeanCallback keeps masked weights at exactly zero during training; this mask scales them "
+                            f"(scale={mask.scale:g}) instead, which training cannot hold fixed. Fine-tune first and "
+                            "apply the scaled mask afterwards.")
         self.mask, self.collect_scores, self.target_modules = mask, collect_scores, target_modules
         self.scores: Optional[ImportanceScores] = None
         self._masked: dict[str, nn.Module] = {}

@@ -281,6 +281,16 @@ def _floats(text: str, what: str) -> list[float]:
         raise DeanError(f"{what} {text!r}: expected comma-separated numbers, e.g. 1e-4,1e-3") from None
 
 
+def _read_trials(path: str) -> list[dict]:
+    from .io import parse_json
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise DeanError(f"--resume {path!r} cannot be read ({err.strerror}).") from None
+    return [parse_json(line, f"--resume {path!r}") for line in lines if line.strip()]
+
+
 def cmd_tune(args) -> None:
     from .data import load_records
     from .eval import get_judge
@@ -308,7 +318,8 @@ def cmd_tune(args) -> None:
     data = tune(model, tokenizer, sources, questions, args.out, space=space,
                 objective=Objective(max_perplexity_increase=args.max_perplexity_increase), dev_size=dev_size,
                 seed=args.seed, judge=judge, max_new_tokens=args.max_new_tokens, batch_size=batch,
-                chat_template=args.prompt_format == "chat", show_progress=not args.quiet)
+                chat_template=args.prompt_format == "chat", show_progress=not args.quiet,
+                resume=_read_trials(args.resume) if args.resume else None)
     c = data["confirmation"]
     print(f"chosen on the development questions: {data['chosen']}")
     if c:
@@ -428,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default="auto", help="generation batch: 'auto' or a number")
     p.add_argument("--prompt-format", choices=["chat", "raw"], default="chat", help="chat template or bare question")
     p.add_argument("--out", default="tune_report", help="report folder")
+    p.add_argument("--resume", default=None, help="trials.jsonl of an interrupted search (same grid, split, seed): "
+                                                  "measure only the missing settings, then confirm")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_tune)
 

@@ -118,9 +118,10 @@ class DeanEditor(ArtifactMixin, nn.Module):
         return self.model
 
     @property
-    def base_model(self) -> nn.Module:
-        """The wrapped model."""
-        return self.model
+    def base_model(self) -> "DeanEditor":
+        """The editor itself, so that `editor.base_model.model` is the wrapped causal LM as in PEFT (where
+        `peft_model.base_model` is the tuner whose `.model` is the transformers model)."""
+        return self
 
     def extra_repr(self) -> str:
         return f"masks={list(self._state.masks)}, active={self._state.active!r}"
@@ -266,9 +267,4 @@ class DeanEditor(ArtifactMixin, nn.Module):
         return mask
 
     def _check_new_name(self, name: Any) -> None:
-        self._state.check_changeable("fit")
-        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-            raise DeanError(f"adapter_name={quote(name)}: expected a non-empty name without '/'.")
-        if name in self._state.masks:
-            raise DeanError(f"a mask named {quote(name)} exists already: delete_adapter({name!r}) first or pass "
-                            "another adapter_name.")
+        self._state.check_new_name(name, "fit")

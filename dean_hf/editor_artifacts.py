@@ -25,6 +25,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from .editor import DeanEditor
 
 
+_IGNORED_PEFT_OPTIONS = ("torch_device", "low_cpu_mem_usage", "autocast_adapter_dtype", "ephemeral_gpu_offload",
+                         "key_mapping")
+
+
+def _check_peft_options(options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(_IGNORED_PEFT_OPTIONS))
+    if unknown:
+        raise DeanError(f"load_adapter got unknown options {unknown}: it takes revision, subfolder, cache_dir, "
+                        "local_files_only, token, check_base_model (and ignores PEFT's "
+                        f"{list(_IGNORED_PEFT_OPTIONS)}).")
+
+
 class ArtifactMixin:
     """`save_pretrained`, `from_pretrained`, `load_adapter` and `push_to_hub` over the editor's mask state."""
 
@@ -101,8 +113,11 @@ class ArtifactMixin:
     def load_adapter(self, model_id: str | os.PathLike, adapter_name: str, is_trainable: bool = False, *,
                      revision: Optional[str] = None, subfolder: Optional[str] = None, cache_dir: Optional[str] = None,
                      local_files_only: bool = False, token: Optional[str] = None,
-                     check_base_model: bool = True) -> NeuronMask:
-        """Load a mask artifact under `adapter_name` without applying it (see `set_adapter`)."""
+                     check_base_model: bool = True, **peft_options: Any) -> NeuronMask:
+        """Load a mask artifact under `adapter_name` without applying it (see `set_adapter`). PEFT's loading
+        options that mean nothing for a mask (`torch_device`, `low_cpu_mem_usage`, `autocast_adapter_dtype`,
+        `ephemeral_gpu_offload`) are accepted and ignored: the mask goes where each weight is."""
+        _check_peft_options(peft_options)
         if is_trainable:
             raise DeanError("is_trainable=True: a DEAN mask has no trainable parameters.")
         self._check_new_name(adapter_name)

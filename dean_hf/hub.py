@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 
 from .config import CONFIG_NAME, DeanConfig
 from .errors import DeanError, quote
-from .io import atomic_write_text, check_writable, is_regular_file, staged_files
+from .io import PICKLE_SUFFIXES, atomic_write_text, check_writable, is_regular_file, staged_files
 from .logging import get_logger
 from .mask import NeuronMask, check_digest
 
@@ -25,9 +26,9 @@ logger = get_logger(__name__)
 MASK_NAME = "dean_mask.safetensors"
 CARD_NAME = "README.md"
 LIBRARY_TAG = "dean_hf"
-_UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_UNSAFE_SUFFIXES = PICKLE_SUFFIXES
 # Files that make up a transformers checkpoint's weights: a stale one left beside a new save would be loaded.
-_WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model")
+_WEIGHT_FILE = re.compile(r"(?:model|pytorch_model)(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)(?:\.index\.json)?")
 
 
 def _template_path() -> Path:
@@ -301,7 +302,7 @@ def artifact_folder(directory: str | os.PathLike, adapter_name: str) -> Path:
 
 def _holds_model(folder: Path) -> bool:
     try:
-        return folder.is_dir() and any(p.name == "config.json" or p.name.startswith(_WEIGHT_PREFIXES)
+        return folder.is_dir() and any(p.name == "config.json" or _WEIGHT_FILE.fullmatch(p.name)
                                        for p in folder.iterdir())
     except OSError:
         return False
@@ -346,7 +347,7 @@ def save_merged(model: Any, out: str | os.PathLike, *, tokenizer: Any = None, ca
         logger.warning("%s was not written by dean_hf and is kept; the merged model's card was not written.",
                        out / CARD_NAME)
     if overwrite:
-        for stale in sorted(p for p in out.iterdir() if p.is_file() and p.name.startswith(_WEIGHT_PREFIXES)
+        for stale in sorted(p for p in out.iterdir() if p.is_file() and _WEIGHT_FILE.fullmatch(p.name)
                             and p.name not in written):
             logger.warning("removing %s: a weight file of the replaced model (overwrite=True)", stale)
             stale.unlink()

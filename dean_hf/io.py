@@ -17,6 +17,7 @@ import torch
 from .errors import DeanError, quote
 
 META_KEY = "dean_hf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # files dean_hf never loads (unpickling runs code)
 MAX_JSON_BYTES = 64 * 1024 * 1024  # a config or report this large is not one dean_hf wrote
 _MAX_JSON_DEPTH = 64
 

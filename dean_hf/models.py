@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import DeanError
-from .io import staged_files
+from .io import PICKLE_SUFFIXES, staged_files
 from .logging import get_logger
 
 logger = get_logger(__name__)
@@ -106,6 +106,7 @@ def load_model(name: str, *, dtype: Any = "auto", device_map: Any = None, trust_
     _refuse_pickle_only(path)
     kwargs = {**kwargs, "dtype": getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype,
               "trust_remote_code": trust_remote_code}
+    kwargs.setdefault("use_safetensors", True)  # a Hub repo with only pickled weights is refused, not unpickled
     if device_map:
         kwargs["device_map"] = device_map
     if revision:
@@ -143,7 +144,7 @@ def _refuse_pickle_only(path: str) -> None:
     names = {p.name for p in folder.iterdir()}
     if any(n.endswith(".safetensors") for n in names):
         return
-    pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")))
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
     if pickles:
         raise DeanError(f"{path!r} holds only pickle-based weights {pickles}; dean_hf loads safetensors only, since "
                         "unpickling can run arbitrary code. Convert the checkpoint you trust to safetensors first.")

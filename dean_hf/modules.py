@@ -87,6 +87,17 @@ def resolve_modules(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Modu
     return out
 
 
+def decoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated decoder blocks, in order: the ModuleList whose entries are of the model's
+    `_no_split_modules` classes (transformers names its blocks there), else the longest ModuleList."""
+    plain = unwrap_model(model)
+    lists = [m for m in plain.modules() if isinstance(m, nn.ModuleList) and len(m)]
+    classes = set(getattr(plain, "_no_split_modules", None) or [])
+    named = [m for m in lists if type(m[0]).__name__ in classes]
+    candidates = named or lists
+    return list(max(candidates, key=len)) if candidates else []
+
+
 def output_head(model: nn.Module) -> nn.Module | None:
     """The model's output embeddings (`lm_head`), or None."""
     plain = unwrap_model(model)

@@ -24,10 +24,18 @@ def offload_hook(module: nn.Module) -> Any:
     hook = getattr(module, "_hf_hook", None)
     if hook is None:
         return None
-    from accelerate.hooks import AlignDevicesHook, SequentialHook
+    from accelerate.hooks import AlignDevicesHook
 
-    hooks = list(hook.hooks) if isinstance(hook, SequentialHook) else [hook]
-    return next((h for h in hooks if isinstance(h, AlignDevicesHook) and h.offload), None)
+    return next((h for h in _flat_hooks(hook) if isinstance(h, AlignDevicesHook) and h.offload), None)
+
+
+def _flat_hooks(hook: Any) -> list[Any]:
+    """A hook, or the hooks of a (possibly nested) `SequentialHook`, in order."""
+    from accelerate.hooks import SequentialHook
+
+    if isinstance(hook, SequentialHook):
+        return [h for inner in hook.hooks for h in _flat_hooks(inner)]
+    return [hook]
 
 
 def is_offloaded(module: nn.Module) -> bool:
@@ -145,10 +153,19 @@ class _ZeroMasked(ModelHook):
 
 
 def _stored_in_memory(module: nn.Module) -> Optional[torch.Tensor]:
-    """The stored weight when accelerate keeps it as one tensor in memory (not re-read from disk at each load)."""
+    """The stored weight when accelerate keeps it as one tensor in memory (CPU offloading), None when it is read
+    from disk at each load; found without loading anything."""
     weights_map = offload_hook(module).weights_map
-    first, second = weights_map["weight"], weights_map["weight"]
-    return first if first.data_ptr() == second.data_ptr() else None
+    dataset, prefix = getattr(weights_map, "dataset", weights_map), getattr(weights_map, "prefix", "")
+    held = dataset if isinstance(dataset, dict) else getattr(dataset, "state_dict", None)
+    if isinstance(held, dict) and f"{prefix}weight" in held:
+        return held[f"{prefix}weight"]
+    return None
+
+
+def stored_on_disk(module: nn.Module) -> bool:
+    """True when accelerate reads this offloaded module's weight from its files at each load."""
+    return is_offloaded(module) and _stored_in_memory(module) is None
 
 
 def attach_mask(module: nn.Module, indices: torch.Tensor, scale: float = 0.0) -> None:
@@ -156,17 +173,17 @@ def attach_mask(module: nn.Module, indices: torch.Tensor, scale: float = 0.0) ->
     `detach_mask`)."""
     from accelerate.hooks import SequentialHook
 
-    hook = module._hf_hook
-    module._hf_hook = SequentialHook(hook, _ZeroMasked(indices, _stored_in_memory(module), scale))  # read per call
+    hooks = _flat_hooks(module._hf_hook)  # flat, so that a later detach finds every hook
+    module._hf_hook = SequentialHook(*hooks, _ZeroMasked(indices, _stored_in_memory(module), scale))
 
 
 def detach_mask(module: nn.Module) -> None:
     """Undo `attach_mask`: the module loads its stored weight unchanged again."""
     from accelerate.hooks import SequentialHook
 
-    hook = module._hf_hook
-    if isinstance(hook, SequentialHook):
-        kept = [h for h in hook.hooks if not isinstance(h, _ZeroMasked)]
+    hooks = _flat_hooks(module._hf_hook)
+    kept = [h for h in hooks if not isinstance(h, _ZeroMasked)]
+    if len(kept) != len(hooks):
         module._hf_hook = kept[0] if len(kept) == 1 else SequentialHook(*kept)
 
 

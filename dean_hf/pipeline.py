@@ -26,12 +26,22 @@ from .targets import find_target_modules
 logger = get_logger(__name__)
 
 
+def scoring_keep(config: DeanConfig) -> float:
+    """The fraction of each matrix the scores must keep for this config's selection: dense for neuron granularity
+    (whole rows and columns are summed), else at least every fraction the selection asks for (q, p, an
+    expression's fractions) and `config.keep`. Decided before scoring, so a mismatch never shows up after it."""
+    if config.granularity == "neuron":
+        return 1.0
+    fractions = [config.keep, config.q, config.p, *(config.selection_fractions or {}).values()]
+    return min(1.0, max(fractions))
+
+
 def _cache_key(model: nn.Module, fingerprint: str, config: DeanConfig) -> str:
     cfg = getattr(model, "config", None)
     weights = weight_fingerprint(find_target_modules(model, config.target_modules))  # a fine-tuned copy differs
     parts = {"model": getattr(cfg, "_name_or_path", None) or type(model).__name__,
              "revision": getattr(cfg, "_commit_hash", None), "weights": weights, "data": fingerprint,
-             "scorer": config.scorer, "target_modules": config.target_modules, "keep": config.keep}
+             "scorer": config.scorer, "target_modules": config.target_modules, "keep": scoring_keep(config)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -86,7 +96,7 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str
                     reused.append(name)
                 continue
             scores = score_importance(model, examples, target_modules=config.target_modules, scorer=config.scorer,
-                                      batch_size=config.batch_size, keep=config.keep,
+                                      batch_size=config.batch_size, keep=scoring_keep(config),
                                       layers_per_pass=config.layers_per_pass, show_progress=show_progress,
                                       description=f"scoring {name}")
             meta = {**scores.metadata, "dataset": name, "cache_key": key, "num_truncated": examples.num_truncated,
@@ -178,7 +188,7 @@ def mask_and_config(targets: Mapping[str, ImportanceScores], general: Optional[I
         fingerprint = {"probes": {n: v for n, v in fingerprint["probes"].items() if n in mask}}
     else:
         fingerprint = config.base_model_fingerprint
-    named_sources = {str(k): str(v) for k, v in (sources or {}).items() if isinstance(v, (str, os.PathLike))}
+    named_sources = {str(k): _source_text(v) for k, v in (sources or {}).items() if isinstance(v, (str, os.PathLike))}
     recorded_general = (general_name or config.general_dataset or "general") if general is not None else None
     recorded = dataclasses.replace(
         config,
@@ -200,6 +210,13 @@ def mask_and_config(targets: Mapping[str, ImportanceScores], general: Optional[I
         mask_digest=mask.digest(),
     )
     return mask, recorded
+
+
+def _source_text(source: str | os.PathLike) -> str:
+    """A data source as recorded in a config: a local file as its absolute path (so that a card rendered elsewhere
+    never takes "data/fair.csv" for a Hub data set id), anything else as given."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else str(source)
 
 
 def _provenance(scores: Mapping[str, ImportanceScores]) -> dict[str, Any]:

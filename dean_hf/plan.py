@@ -23,6 +23,8 @@ from torch import nn
 
 from .errors import DeanError, quote
 from .logging import get_logger
+from .modules import decoder_blocks
+from .scoring.loss import _keeps_logits
 from .targets import TargetModules, find_target_modules, is_conv1d
 
 logger = get_logger(__name__)
@@ -75,12 +77,6 @@ def meta_model(config: Any, dtype: torch.dtype) -> nn.Module:
     return model.eval()
 
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated decoder blocks: the longest ModuleList of the model."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    return list(max(lists, key=len)) if lists else []
-
-
 @dataclass
 class _Trace:
     per_block: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # -1: outside the blocks
@@ -92,7 +88,7 @@ def trace_activations(model: nn.Module, targets: Mapping[str, nn.Module], batch_
     """Bytes that stay alive from the forward pass into the backward pass, per decoder block: tensors autograd
     saves (parameters and buffers excluded) and the module inputs the scoring hooks hold; on a meta model."""
     params = {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
-    blocks = _blocks(model)
+    blocks = decoder_blocks(model)
     index = {id(b): i for i, b in enumerate(blocks)}
     current = [-1]
     counted: set[int] = set()
@@ -151,15 +147,6 @@ def trace_activations(model: nn.Module, targets: Mapping[str, nn.Module], batch_
             handle.remove()
     trace.logits_elements = out.logits.numel()
     return trace
-
-
-def _keeps_logits(model: nn.Module) -> bool:
-    import inspect
-
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _module_transient(module: nn.Module, batch_size: int, length: int) -> int:
@@ -274,7 +261,7 @@ def estimate_memory(model: Union[str, os.PathLike, Any], *, dtype: Union[str, to
     logits_peak = trace.logits_elements * (element + (4 if element != 4 else 0) + 4)  # logits, fp32 copy, gradient
     module_peak = max(_module_transient(m, batch_size, max_length) for m in targets.values())
 
-    blocks = _blocks(meta)
+    blocks = decoder_blocks(meta)
     block_of = {}
     for i, block in enumerate(blocks):
         for sub in block.modules():
@@ -440,15 +427,20 @@ def auto_layers_per_pass(model: nn.Module, *, batch_size: int, max_length: int, 
     dtype = next(p.dtype for p in model.parameters() if p.device.type == "cuda")
     plan = estimate_memory(config, dtype=dtype, batch_size=batch_size, max_length=max_length,
                            response_tokens=response_tokens, target_modules=target_modules)
-    free = sum(torch.cuda.mem_get_info(d)[0] for d in devices) * margin
-    return layers_that_fit(plan, free, len(_blocks(model)) or 1)
+    layers = len(decoder_blocks(model)) or 1
+    # A pass holds contiguous layers, whose accumulators live on those layers' own GPU: every GPU must hold a
+    # pass's share, so the tightest one decides (activations and temporaries counted on each, conservatively).
+    fits = [layers_that_fit(plan, torch.cuda.mem_get_info(d)[0] * margin, layers, per_device=len(devices))
+            for d in sorted(devices, key=str)]
+    return None if all(k is None for k in fits) else min(k for k in fits if k is not None)
 
 
-def layers_that_fit(plan: MemoryPlan, free: float, layers: int) -> Optional[int]:
-    """None when the plan's accumulators, activations and temporaries fit in `free` bytes (beside the weights,
-    already loaded), else how many of the `layers` decoder layers' accumulators fit per pass."""
+def layers_that_fit(plan: MemoryPlan, free: float, layers: int, per_device: int = 1) -> Optional[int]:
+    """None when the plan's accumulators (split over `per_device` devices), activations and temporaries fit in
+    `free` bytes of one device (beside the weights, already loaded), else how many of the `layers` decoder
+    layers' accumulators fit per pass on it."""
     rest = plan.total("activations") + max(plan.transient.values())
-    if plan.total("accumulators") + rest <= free:
+    if plan.total("accumulators") / per_device + rest <= free:
         return None
     per_layer = plan.total("accumulators") / layers
     if free - rest < per_layer:

@@ -19,7 +19,7 @@ from .errors import DeanError, quote
 from .mask import NeuronMask
 from .logging import get_logger
 from .modules import is_tied_head, resolve_modules, unwrap_model
-from .offload import attach_mask, detach_mask, is_offloaded, write_zeros
+from .offload import attach_mask, detach_mask, is_offloaded, stored_on_disk, write_zeros
 
 logger = get_logger(__name__)
 _STATES: "weakref.WeakKeyDictionary[nn.Module, MaskState]" = weakref.WeakKeyDictionary()
@@ -85,15 +85,19 @@ class MaskState:
         return modules
 
     # ------------------------------------------------------------------ registry of masks
-    def add(self, name: str, mask: NeuronMask, config: DeanConfig) -> dict[str, nn.Module]:
-        """Register `mask` under `name` (checked against the model; not applied)."""
-        self.check_changeable("adding a mask")
+    def check_new_name(self, name: Any, operation: str = "adding a mask") -> None:
+        """DeanError unless `name` can name a new mask now (also the subfolder it is saved in)."""
+        self.check_changeable(operation)
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
             raise DeanError(f"adapter_name={quote(name)}: expected a non-empty name without '/' (it is also the "
                             "subfolder the mask is saved in).")
         if name in self.masks:
-            raise DeanError(f"a mask named {quote(name)} exists already: delete it first (delete_adapter) or pick "
-                            "another name.")
+            raise DeanError(f"a mask named {quote(name)} exists already: delete_adapter({name!r}) first or pick "
+                            "another adapter_name.")
+
+    def add(self, name: str, mask: NeuronMask, config: DeanConfig) -> dict[str, nn.Module]:
+        """Register `mask` under `name` (checked against the model; not applied)."""
+        self.check_new_name(name)
         modules = self.modules_of(mask)
         if config.scale != mask.scale:  # the mask's scale is what is applied (and digested): the record follows it
             if config.scale:
@@ -135,10 +139,10 @@ class MaskState:
         scale = mask.scale
         for n, flat in flats.items():  # everything is read before anything is written
             flat[indices[n]] = originals[n] * scale if scale else 0
+        self._originals, self.active = originals, name  # from here on, _restore undoes whatever was done
         for n, module in modules.items():
             if n not in resident:  # accelerate loads it for each forward: edit the entries at each load
                 attach_mask(module, mask[n], scale)
-        self._originals, self.active = originals, name
 
     @torch.no_grad()
     def _restore(self) -> None:
@@ -172,17 +176,25 @@ class MaskState:
             if active is not None:  # in nested blocks only the outermost had a mask to re-apply
                 self._apply(active, self.modules_of(self.masks[active]))
 
+    def _check_mergeable(self) -> None:
+        """Refuse (before any change) to merge into weights that accelerate reads from its offload files at each
+        load: the edit could not be kept there, and a save would write the unedited weights."""
+        mask = self.masks[self.active]
+        on_disk = [n for n, m in resolve_modules(self.model, list(mask)).items() if stored_on_disk(m)]
+        if on_disk:
+            raise DeanError(f"merge_and_unload cannot keep the edit of {len(on_disk)} module(s) offloaded to disk "
+                            f"(e.g. {quote(on_disk[0])}): accelerate reads them from its offload files at each load. "
+                            "Keep the editor (the mask is applied at each load), or load the model without disk "
+                            "offloading (CPU offloading or a larger max_memory) to merge or save it.")
+
     def _merge_offloaded(self) -> None:
-        """Write the active mask's edit (zeros, or scaled values) into accelerate's stored weights where they are
-        kept in memory; weights loaded from disk keep the hook, so the model stays edited."""
+        """Write the active mask's edit (zeros, or scaled values) into accelerate's stored weights kept in memory
+        (CPU offloading) and drop the hooks: the model is plain again."""
         mask = self.masks[self.active]
         for n, module in resolve_modules(self.model, list(mask)).items():
-            if is_offloaded(module) and write_zeros(module, mask[n], mask.scale):
+            if is_offloaded(module):
+                write_zeros(module, mask[n], mask.scale)
                 detach_mask(module)
-            elif is_offloaded(module):
-                logger.warning("%s is offloaded to disk: the mask stays applied by a hook at each load (the files "
-                               "in the offload folder are not changed). Save a merged checkpoint with `dean apply` "
-                               "to keep the edit for good.", n)
 
     # ------------------------------------------------------------------ leaving
     def clear(self, *, keep_edits: bool) -> None:
@@ -191,6 +203,7 @@ class MaskState:
         if not keep_edits:
             self._restore()
         elif self.active is not None:
+            self._check_mergeable()
             self._merge_offloaded()
         self._originals, self.active = {}, None
         self.masks.clear()

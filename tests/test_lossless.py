@@ -255,3 +255,17 @@ def test_apply_default_model_round_trip(tmp_path, smollm2_dir):
     ids = torch.tensor([[1, 504, 3458, 314, 253, 2867, 30]])
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, in_memory(input_ids=ids).logits)
+
+
+def test_reports_never_replace_a_users_file(tmp_path):
+    """A report.md or report.json in the output folder that dean_hf did not write is refused, not replaced; dean_hf's
+    own reports are replaced on the next run."""
+    from dean_hf.eval.report import write_report
+
+    (tmp_path / "report.md").write_text("# my notes\n")
+    with pytest.raises(DeanError, match="not a dean_hf report"):
+        write_report(tmp_path, "report", {"x": 1}, title="t")
+    assert (tmp_path / "report.md").read_text() == "# my notes\n" and not (tmp_path / "report.json").exists()
+    write_report(tmp_path / "ours", "report", {"x": 1}, title="t")
+    write_report(tmp_path / "ours", "report", {"x": 2}, title="t")  # ours: replaced
+    assert '"x": 2' in (tmp_path / "ours" / "report.json").read_text()

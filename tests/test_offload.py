@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_model, random_examples
-from dean_hf import DeanEditor, score_importance, select_coupled_neurons
+from dean_hf import DeanEditor, DeanError, score_importance, select_coupled_neurons
 from dean_hf.offload import is_offloaded
 
 IDS = torch.tensor([[5, 17, 42, 99, 7, 250, 31, 8]])
@@ -96,3 +96,23 @@ def test_merging_into_cpu_offloaded_weights_keeps_the_zeros(reference, tmp_path)
     name, idx = next((n, i) for n, i in reference["mask"].items() if i.numel())
     module = dict(merged.named_modules())[name]
     assert (offload_hook(module).weights_map["weight"].view(-1)[idx] == 0).all()
+
+
+def test_disk_offloaded_weights_cannot_be_merged_and_masks_stay_removable(reference, tmp_path):
+    """Merging into weights read from disk at each load is refused before any change; a second mask applied after
+    that still comes off exactly (hooks are kept flat)."""
+    model = offloaded("disk_offload", reference["model"], tmp_path)
+    editor = DeanEditor(model)
+    editor.add_adapter("a", reference["mask"])
+    editor.set_adapter("a")
+    with pytest.raises(DeanError, match="offloaded to disk"):
+        editor.merge_and_unload()
+    assert editor.active_adapter == "a" and torch.allclose(logits(model), reference["masked"], atol=1e-6)
+    editor.add_adapter("b", reference["mask"])
+    editor.set_adapter("b")
+    editor.set_adapter("a")
+    editor.unload()
+    assert torch.allclose(logits(model), reference["base"], atol=1e-6)
+    from accelerate.hooks import SequentialHook
+
+    assert not any(isinstance(getattr(m, "_hf_hook", None), SequentialHook) for m in model.modules())

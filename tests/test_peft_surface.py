@@ -55,7 +55,7 @@ def applied_by_hand(mask, arch="llama"):
 def test_editor_is_a_module_wrapper():
     model = make_model("llama")
     editor = DeanEditor(model)
-    assert isinstance(editor, nn.Module) and editor.get_base_model() is model and editor.base_model is model
+    assert isinstance(editor, nn.Module) and editor.get_base_model() is model and editor.base_model.model is model
     assert editor.config is model.config  # the model's config, as PeftModel.config
     assert editor.to(torch.float32) is editor and editor.eval() is editor and editor.train() is editor
     assert model.training and editor.eval() is editor and not model.training
@@ -365,3 +365,14 @@ def test_fit_takes_the_clis_data_names(tokenizer, tmp_path):
         "fairness.safetensors", "general.safetensors", "privacy.safetensors"]
     editor.unload()
     assert same_weights(model, original)
+
+
+def test_load_adapter_takes_pefts_loading_options(tmp_path):
+    editor = DeanEditor(make_model("llama"))
+    editor.add_adapter("default", mask_for())
+    editor.save_pretrained(tmp_path)
+    other = DeanEditor(make_model("llama"))
+    other.load_adapter(tmp_path, "default", torch_device="cpu", low_cpu_mem_usage=True, autocast_adapter_dtype=True)
+    assert other.masks["default"].digest() == mask_for().digest()
+    with pytest.raises(DeanError, match="unknown options"):
+        other.load_adapter(tmp_path, "second", bogus=1)

@@ -57,3 +57,15 @@ def test_rogan_gladen_on_a_known_confusion_matrix():
     low, high = corrected.ci95
     plain = 1.96 * math.sqrt(0.62 * 0.38 / 100) / 0.7  # the sampling error alone, scaled by 1 / (se + sp - 1)
     assert low < 0.6 < high and (high - low) / 2 > plain  # the calibration's own uncertainty widens it
+
+
+def test_a_judge_near_chance_gives_a_wide_interval_not_false_certainty():
+    """With the shipped blind fairness agreement (specificity about 0.24), a raw rate below the judge's false-positive
+    rate corrects to 0, and its interval must not collapse to [0, 0]."""
+    from dean_hf.eval.agreement import shipped_agreement
+
+    fairness = shipped_agreement("rules")["dimensions"]["fairness"]
+    for raw in (0.3, 0.5, 0.7):
+        outcomes = [1] * int(100 * raw) + [0] * (100 - int(100 * raw))
+        low, high = corrected_rate(outcomes, fairness, n_boot=4000).ci95
+        assert high - low > 0.5, (raw, low, high)

@@ -93,5 +93,20 @@ def test_an_interrupted_search_is_resumed_without_measuring_again(tokenizer, tmp
     assert len(calls) == 2 and all(c != dev for c in calls)  # only the confirmation, on the test part
     assert resumed["chosen"] == first["chosen"] and resumed["resumed"] is True
     assert resumed["confirmation"]["fairness"]["paired"] == first["confirmation"]["fairness"]["paired"]
+    other = dict(rows[0], label="self_attn, q=0.5, p=0.5, zero, snip, n=4")
     with pytest.raises(DeanError, match="not made with this grid"):
-        tune(make_model("llama"), tokenizer, sources, QUESTIONS, tmp_path / "c", resume=rows[:1], **kwargs)
+        tune(make_model("llama"), tokenizer, sources, QUESTIONS, tmp_path / "c", resume=[other], **kwargs)
+    with pytest.raises(DeanError, match="earlier search"):  # an interrupted search's trials are never overwritten
+        tune(make_model("llama"), tokenizer, sources, QUESTIONS, tmp_path / "a", **kwargs)
+    calls.clear()  # a partial resume measures only the missing setting (and the base model) on the dev part
+    partial = tune(make_model("llama"), tokenizer, sources, QUESTIONS, tmp_path / "d", resume=rows[:1], **kwargs)
+    assert [c == dev for c in calls] == [True, True, False, False] and partial["chosen"] == first["chosen"]
+
+
+@pytest.mark.parametrize("space,match", [
+    (dict(module_sets=("mlpp",)), "module set"), (dict(scorers=("nope",)), "scorer"),
+    (dict(variants=("scale",), scales=(2.0,)), "scale"), (dict(qs=(5.0,)), "q/p"), (dict(ns=(0,)), "ns"),
+])
+def test_a_bad_grid_is_refused_before_any_work(space, match):
+    with pytest.raises(DeanError, match=match):
+        TuneSpace(**space).settings()

@@ -536,3 +536,24 @@ def test_mask_and_config_applies_and_records_the_variants():
                       selection_fractions={"fairness": 0.2, "privacy": 0.2, "general": 0.1})
     mask, config = mask_and_config(scores, general, expr)
     assert config.selection_expression == "fairness | privacy - general" and config.mask_digest == mask.digest()
+
+
+def test_fit_scores_as_densely_as_its_selection_needs(tokenizer, monkeypatch):
+    """A neuron-granularity or large-q config is scored with the keep it needs, decided before scoring (it used to
+    score every data set sparse and fail afterwards)."""
+    import dean_hf.pipeline as pipeline
+    from conftest import make_model, pairs
+    from dean_hf import DeanConfig, DeanEditor
+
+    seen = []
+    real = pipeline.score_importance
+    monkeypatch.setattr(pipeline, "score_importance", lambda *a, **k: seen.append(k["keep"]) or real(*a, **k))
+    data = {"fairness": pairs(4), "privacy": pairs(4, offset=2)}
+    DeanEditor(make_model("llama"), DeanConfig(q=0.2, p=0.05, num_samples=3, max_length=64,
+                                               granularity="neuron")).fit(tokenizer, data, pairs(4, offset=4),
+                                                                          show_progress=False)
+    assert seen == [1.0, 1.0, 1.0]
+    seen.clear()
+    DeanEditor(make_model("llama"), DeanConfig(q=0.2, p=0.05, num_samples=3, max_length=64)).fit(
+        tokenizer, data, pairs(4, offset=4), show_progress=False)
+    assert seen == [0.2, 0.2, 0.2]

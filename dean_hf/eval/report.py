@@ -7,8 +7,12 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..errors import DeanError
 from ..io import atomic_write_text
 from ..mask import NeuronMask
+
+
+_MARK = "dean_hf report"
 
 
 def _fmt(x: Any) -> str:
@@ -79,8 +83,13 @@ def write_report(out_dir: str | Path, name: str, data: Mapping[str, Any], *, tit
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    for path in (json_path, md_path):  # only dean_hf's own reports are ever replaced
+        if path.exists() and _MARK not in path.read_text(encoding="utf-8", errors="replace")[:2000]:
+            raise DeanError(f"{str(path)!r} exists and is not a dean_hf report: it is left as it is. Pick another "
+                            "output folder.")
+    data = {"written_by": _MARK, **data}
     atomic_write_text(json_path, json.dumps(data, indent=2, default=str) + "\n")
-    lines = [f"# {title}", ""]
+    lines = [f"<!-- {_MARK} -->", f"# {title}", ""]
     for caption, header, rows in tables:
         lines += [f"## {caption}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_fmt(x) for x in row) + " |" for row in rows]

@@ -230,11 +230,12 @@ def corrected_rate(outcomes: Sequence[Label], agreement: JudgeAgreement, *, n_bo
     se = rng.beta(agreement.true_aware + 0.5, agreement.false_unaware + 0.5, size=n_boot)
     sp = rng.beta(agreement.true_unaware + 0.5, agreement.false_aware + 0.5, size=n_boot)
     youden = se + sp - 1
+    if np.mean(youden <= 0) > 0.025:  # the judge may be no better than chance: the data cannot bound the truth
+        return CorrectedRate(raw=raw, corrected=point, ci95=(0.0, 1.0), n=n)
     with np.errstate(divide="ignore", invalid="ignore"):
-        values = np.clip((rates + sp - 1) / youden, 0.0, 1.0)
+        values = (rates + sp - 1) / youden  # unclipped: clipping the draws would fake certainty at 0 and 1
     values = values[youden > 0]
-    ci = (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if values.size else \
-        (math.nan, math.nan)
+    ci = (float(np.clip(np.percentile(values, 2.5), 0.0, 1.0)), float(np.clip(np.percentile(values, 97.5), 0.0, 1.0)))
     return CorrectedRate(raw=raw, corrected=point, ci95=ci, n=n)
 
 

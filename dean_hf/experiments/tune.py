@@ -26,7 +26,7 @@ from ..data import load_records
 from ..editor import DeanEditor
 from ..errors import DeanError
 from ..eval.judges import Judge, RuleJudge
-from ..eval.stats import as_outcomes, compare_paired, detectable_difference, holm
+from ..eval.stats import as_outcomes, compare_paired, holm
 from ..logging import get_logger
 from ..logging import show_progress as _bars_wanted
 from ..pipeline import score_datasets_cached
@@ -99,9 +99,29 @@ class TuneSpace:
     ns: Sequence[int] = (128,)
 
     def settings(self) -> list[Setting]:
+        """Every combination, each value checked first (before a model is loaded or a question answered)."""
+        from ..mask import validate_scale
+        from ..scoring import get_scorer
+        from ..selection import _check_fraction
+        from ..targets import SPECIAL
+
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise DeanError(f"variants {unknown}: expected some of {list(VARIANTS)}.")
+        for value in [*self.qs, *(self.ps or [])]:
+            _check_fraction("q/p", value)
+        for scale in self.scales:
+            validate_scale(scale)
+        for scorer in self.scorers:
+            get_scorer(scorer)
+        for n in self.ns:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise DeanError(f"ns contains {n!r}: expected positive numbers of scoring samples.")
+        for modules in self.module_sets:
+            if not isinstance(modules, str) or modules.lower() not in SPECIAL:
+                raise DeanError(f"module set {modules!r}: expected one of {list(SPECIAL)}.")
+        if not (self.qs and self.module_sets and self.variants and self.scorers and self.ns):
+            raise DeanError("the tune grid is empty: give at least one q, module set, variant, scorer and n.")
         out = []
         for scorer, n, modules, q in itertools.product(self.scorers, self.ns, self.module_sets, self.qs):
             for p in (self.ps or [q]):
@@ -157,8 +177,9 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
 
     `sources` names the scoring data: "fairness", "privacy", "general", and for the contrastive variant
     "unsafe_fairness" and "unsafe_privacy" (anything `load_records` takes). `resume` takes the trial rows of an
-    interrupted run (its `trials.jsonl`, same grid, split and seed): the search is not repeated, the best of
-    those trials is confirmed."""
+    interrupted run (its `trials.jsonl`, same grid, split and seed): only the settings it lacks are measured, then
+    the best trial is confirmed. Without `resume`, an existing `trials.jsonl` in `out_dir` is refused, never
+    overwritten."""
     space, objective, judge = space or TuneSpace(), objective or Objective(), judge or RuleJudge()
     settings = space.settings()
     needed = {"fairness", "privacy", "general"} | ({"unsafe_fairness", "unsafe_privacy"}
@@ -187,17 +208,23 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
                                                     show_progress=show_progress)
         return scores_for[key]
 
+    done = {r.get("label"): dict(r) for r in (resume or [])}
+    unknown = sorted(set(done) - {s.label() for s in settings})
+    if unknown:
+        raise DeanError(f"resume: {len(unknown)} trial(s) were not made with this grid (e.g. {unknown[0]!r}): pass "
+                        "the same space, split and seed.")
+    if resume is None and (out / "trials.jsonl").exists():
+        raise DeanError(f"{str(out / 'trials.jsonl')!r} holds the trials of an earlier search: resume it "
+                        "(resume= / --resume) or pick another output folder; it is not overwritten.")
+    todo = [s for s in settings if s.label() not in done]
     base_dev = None
-    if resume is not None:
-        trials = [dict(r) for r in resume]
-        if [r.get("label") for r in trials] != [s.label() for s in settings]:
-            raise DeanError(f"resume: the {len(trials)} trials given were not made with this grid of "
-                            f"{len(settings)} settings (in this order): pass the same space, split and seed.")
-        for row in trials:
-            row["objective"] = objective.value(row)
-    else:
-        trials = _search(model, tokenizer, dev, settings, scores_of, objective, out, kw, show_progress)
-        base_dev = trials.pop()
+    if todo:
+        measured = _search(model, tokenizer, dev, todo, scores_of, objective, out, kw, show_progress)
+        base_dev = measured.pop()
+        done.update({r["label"]: r for r in measured})
+    trials = [done[s.label()] for s in settings]
+    for row in trials:  # the stated objective decides, also for resumed rows
+        row["objective"] = objective.value(row)
     chosen = max(trials, key=lambda r: (r["objective"], -r["masked"]))
     confirmation = _confirm(model, tokenizer, test, chosen, scores_of, kw) if chosen["objective"] > -math.inf \
         else None
@@ -216,7 +243,6 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
 def _search(model, tokenizer, dev, settings, scores_of, objective, out, kw, show_progress) -> list[dict[str, Any]]:
     """Every setting measured on the development questions against the base model (paired); the base model's
     figures come last in the returned list. Rows are appended to `trials.jsonl` as they are measured."""
-    (out / "trials.jsonl").unlink(missing_ok=True)
     base_dev = measure(model, tokenizer, dev, **kw)
     trials = []
     for setting in tqdm(settings, desc="tune: trials", unit="trial", disable=not _bars_wanted(show_progress)):
@@ -262,7 +288,7 @@ def _confirm(model, tokenizer, test, chosen, scores_of, kw) -> dict[str, Any]:
     for d, c in comparisons.items():
         out[d] = {"paired": {**c.to_dict(), "verdict": c.verdict()},
                   "corrected": [base[d].get("corrected"), edited[d].get("corrected")],
-                  "detectable": detectable_difference(c.n, max((c.improved + c.worsened) / max(1, c.n), 0.0))}
+                  "detectable": c.detectable}
     verdicts = {c.verdict() for c in comparisons.values()}
     out["verdict"] = ("helped" if verdicts == {"higher"} else "hurt" if "lower" in verdicts and "higher" not in verdicts
                       else "mixed" if verdicts >= {"higher", "lower"} else

@@ -15,6 +15,7 @@ from ..errors import DeanError
 from ..fingerprint import weight_fingerprint
 from ..logging import get_logger
 from ..logging import show_progress as _bars_wanted
+from ..modules import decoder_blocks, unwrap_model
 from ..targets import TargetModules, find_target_modules
 from .hooks import BatchState, scoring_hooks
 from .loss import forward_loss, host_loss_positions
@@ -87,7 +88,8 @@ def _collate(examples, idx: list[int], pad_id: int, device: torch.device):
 def _input_device(model: nn.Module) -> torch.device:
     from ..offload import offload_hook
 
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    plain = unwrap_model(model)  # DDP, torch.compile and PEFT wrappers hold the model that has the embeddings
+    embeddings = plain.get_input_embeddings() if hasattr(plain, "get_input_embeddings") else None
     hook = offload_hook(embeddings) if embeddings is not None else None
     if hook is not None and hook.execution_device is not None:  # offloaded: inputs go where it computes
         return torch.device(hook.execution_device)
@@ -158,7 +160,7 @@ def _groups(model: nn.Module, names: list[str], layers_per_pass: Optional[int],
         return [(names[i:i + size], None) for i in range(0, len(names), size)]
     from ..mask import layer_index
 
-    blocks = _decoder_blocks(model)
+    blocks = decoder_blocks(model)
     by_layer: dict[Optional[int], list[str]] = {}
     for name in names:
         index = layer_index(name)
@@ -171,13 +173,6 @@ def _groups(model: nn.Module, names: list[str], layers_per_pass: Optional[int],
     if None in by_layer:  # modules outside the numbered blocks need the whole backward
         groups.append((by_layer[None], None))
     return groups
-
-
-def _decoder_blocks(model: nn.Module) -> list[nn.Module]:
-    from ..modules import unwrap_model
-
-    lists = [m for m in unwrap_model(model).modules() if isinstance(m, nn.ModuleList)]
-    return list(max(lists, key=len)) if lists else []
 
 
 def score_importance(

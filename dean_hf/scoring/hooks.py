@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import DeanError
+from ..modules import unwrap_model
 from ..offload import stream_saved_weights
 from .scorers import Scorer
 
@@ -148,7 +149,8 @@ def scoring_hooks(model: nn.Module, modules: dict[str, nn.Module], scorer: Score
         if scorer.needs_backward and grad_from is not None:
             handles.append(grad_from.register_forward_pre_hook(_input_as_leaf, with_kwargs=True))
         elif scorer.needs_backward:
-            embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+            plain = unwrap_model(model)  # DDP, torch.compile and PEFT wrappers hold the model with the embeddings
+            embeddings = plain.get_input_embeddings() if hasattr(plain, "get_input_embeddings") else None
             if embeddings is None:
                 raise DeanError(f"{type(model).__name__} has no get_input_embeddings(); gradient-based "
                                 "scorers need it to start the backward pass. Use scorer='wanda'.")

@@ -110,6 +110,7 @@ class ImportanceScores(Mapping):
 
             with safe_open(str(self._path), framework="pt") as f:
                 entry = (f.get_tensor(f"{name}.indices").to(torch.int64), f.get_tensor(f"{name}.values"))
+            _check_entry(entry, self._shapes[name], quote(self._path), name)
         return entry
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -281,12 +282,18 @@ class ImportanceScores(Mapping):
             scores._scores, scores._path = {n: None for n in names}, str(path)
             return scores
         entries = {n: (tensors[f"{n}.indices"], tensors[f"{n}.values"]) for n in names}
-        for n, (indices, values) in entries.items():
-            numel = math.prod(shapes[n])
-            if indices.dim() != 1 or indices.shape != values.shape or values.dtype != torch.float32 or (
-                    indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= numel)):
-                raise DeanError(f"{where}: the sparse scores of {quote(n)} are malformed; the file is corrupt.")
+        for n, entry in entries.items():
+            _check_entry(entry, tuple(shapes[n]), where, n)
         return cls.from_top(entries, {n: shapes[n] for n in names}, check_keep(keep), meta)
+
+
+def _check_entry(entry: tuple[torch.Tensor, torch.Tensor], shape: tuple[int, ...], where: str, name: str) -> None:
+    """DeanError unless a sparse entry is 1-D indices within the matrix and as many fp32 values."""
+    indices, values = entry
+    numel = math.prod(shape)
+    if indices.dim() != 1 or indices.shape != values.shape or values.dtype != torch.float32 or (
+            indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= numel)):
+        raise DeanError(f"{where}: the sparse scores of {quote(name)} are malformed; the file is corrupt.")
 
 
 def _open(path: str | os.PathLike):
