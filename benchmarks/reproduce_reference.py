@@ -25,6 +25,7 @@ from _common import REFERENCE
 from dean_hf.config import DeanConfig
 from dean_hf.data import load_records
 from dean_hf.eval.generate import generation_batch_size
+from dean_hf.io import atomic_write_text
 from dean_hf.eval.report import plot_awareness, plot_mask_per_layer, write_report
 from dean_hf.experiments import (change_text, compare_rows, corrected_text, dean_setting, finetune_variants, measure,
                                  rate_text, robustness, sweep)
@@ -92,9 +93,13 @@ def analyse(data: dict, judge) -> tuple[list, list]:
              f"Paper setting p = q = 5e-7 selects {data['paper_setting_masked']} weights on this model: "
              "floor(5e-7 x numel) is 0 for every matrix of a 135M model.",
              f"Ran in {data['minutes']:.1f} min on {data['machine']}, {data['date']}. Command: `{data['command']}`"]
+    if data.get("not_run"):
+        notes.append(f"This run was stopped before it measured: {'; '.join(data['not_run'])} (figures for those "
+                     "settings are not in this report).")
     tables = [("Before vs after DEAN (sweep over q and modules)", HEADER, main_rows),
               ("SFT baseline (LoRA with peft) and DEAN after it", HEADER, sft_rows),
               ("Robustness: few samples and unsafe-only data", HEADER, robust_rows)]
+    tables = [t for t in tables if t[2]]
     return tables, notes
 
 
@@ -183,46 +188,65 @@ def generate(args) -> dict:
     kw = dict(max_new_tokens=tokens, batch_size=generation_batch_size(model, tokens), show_progress=not args.quick,
               keep_answers=True, chat_template=chat)
 
-    base = measure(model, tokenizer, questions, **kw)
+    command = "cd benchmarks && ../.venv/bin/python reproduce_reference.py" + (" --quick" if args.quick else "") + \
+        (f" --eval-n {args.eval_n}" if args.eval_n != "all" else "") + \
+        (f" --prompt-format {args.prompt_format}" if args.prompt_format != "chat" else "") + \
+        (f" --settings {args.settings}" if args.settings != "full" else "") + \
+        (f" --table {args.table}" if args.table else "")
+    data = {"base": None, "paper_setting_masked": None, "sweep": [], "sft": {}, "robustness": [], "command": command,
+            "n": n, "question_set": "all of them" if eval_n is None else f"{eval_n} per dimension drawn with seed 0",
+            "max_new_tokens": tokens, "prompt_format": args.prompt_format, "generation_batch_size": kw["batch_size"],
+            "machine": f"{platform.machine()} ({platform.processor() or 'CPU'})", "date": time.strftime("%Y-%m-%d"),
+            "environment": environment(model)}
+    left = [f"DEAN {m} q = p = {q:g}" for m in module_sets for q in qs] + \
+        ["SFT on privacy data" + ("" if core else ", SFT on fairness data, DEAN after SFT")] + \
+        ["unsafe-only scoring" if core else "robustness (few samples, unsafe-only data)"]
+
+    def keep(stage: str | None = None) -> None:
+        """A long run keeps what it measured so far: partial.json can be judged with --rejudge."""
+        if stage is not None:
+            left.remove(stage)
+        data.update(minutes=(time.time() - start) / 60, not_run=list(left))
+        atomic_write_text(out / "partial.json", json.dumps(data, default=str))
+
+    data["base"] = measure(model, tokenizer, questions, **kw)
+    keep()
     config = DeanConfig(num_samples=n, max_length=256)
     records = {k: load_records(v, n=n, seed=0) for k, v in safe.items()}
     # Stored where the robustness study looks for its n-sample safe scores, so they are computed once.
     scores = score_datasets_cached(model, tokenizer, records, config, out / "scores" / f"safe-{n}",
                                    show_progress=not args.quick)
     general = scores.pop("general")
-    paper_mask = select_coupled_neurons(scores, general, q=5e-7, p=5e-7)
-    rows = sweep(model, tokenizer, scores, general, questions, qs=qs, module_sets=module_sets, **kw)
+    data["paper_setting_masked"] = select_coupled_neurons(scores, general, q=5e-7, p=5e-7).num_masked
+    for modules in module_sets:
+        for q in qs:
+            data["sweep"] += sweep(model, tokenizer, scores, general, questions, qs=[q], module_sets=[modules], **kw)
+            keep(f"DEAN {modules} q = p = {q:g}")
     default_mask = select_coupled_neurons({k: v for k, v in scores.items()}, general, q=1e-3, p=1e-3)
 
     tuned = finetune_variants(model, tokenizer, records["privacy"], None if core else records["fairness"],
                               show_progress=not args.quick)
-    sft = {name: measure(m, tokenizer, questions, **kw) for name, m in tuned.items()}
+    data["sft"] = {name: measure(m, tokenizer, questions, **kw) for name, m in tuned.items()}
     if not core:
-        sft["sft_privacy + DEAN"] = dean_setting(tuned["sft_privacy"], tokenizer, safe, questions,
-                                                 out / "scores-sft", n=n, q=1e-3, p=1e-3, **kw)
+        data["sft"]["sft_privacy + DEAN"] = dean_setting(tuned["sft_privacy"], tokenizer, safe, questions,
+                                                         out / "scores-sft", n=n, q=1e-3, p=1e-3, **kw)
     del tuned
+    keep(left[0])
     unsafe = {k: REFERENCE / v for k, v in UNSAFE.items()}
     if core:  # n = 128 safe data is the sweep's MLP q = 1e-3 row: only the unsafe-only case is new
-        robust = [{"data": "unsafe only", **dean_setting(model, tokenizer, unsafe, questions, out / "scores" / "unsafe",
-                                                         n=n, q=1e-3, p=1e-3, **kw)}]
+        data["robustness"] = [{"data": "unsafe only", **dean_setting(
+            model, tokenizer, unsafe, questions, out / "scores" / "unsafe", n=n, q=1e-3, p=1e-3, **kw)}]
     else:
-        robust = robustness(model, tokenizer, safe, unsafe, questions, out / "scores", ns=ns, q=1e-3, p=1e-3, **kw)
-    plot_rows = [{"setting": "base", "dimension": d, **base[d]} for d in questions]
-    for r in [r for r in rows if "fairness" in r][:3]:
+        data["robustness"] = robustness(model, tokenizer, safe, unsafe, questions, out / "scores", ns=ns, q=1e-3,
+                                        p=1e-3, **kw)
+    keep(left[0])
+    plot_rows = [{"setting": "base", "dimension": d, **data["base"][d]} for d in questions]
+    for r in [r for r in data["sweep"] if "fairness" in r][:3]:
         plot_rows += [{"setting": f"{r['modules']} q={r['q']:g}", "dimension": d, **r[d]} for d in questions]
     plots = [plot_awareness(plot_rows, out / "awareness.png", "awareness: base vs DEAN settings"),
              plot_mask_per_layer(default_mask, out / "mask_per_layer.png")]
-    command = "cd benchmarks && ../.venv/bin/python reproduce_reference.py" + (" --quick" if args.quick else "") + \
-        (f" --eval-n {args.eval_n}" if args.eval_n != "all" else "") + \
-        (f" --prompt-format {args.prompt_format}" if args.prompt_format != "chat" else "") + \
-        (f" --settings {args.settings}" if args.settings != "full" else "") + \
-        (f" --table {args.table}" if args.table else "")
-    return {"base": base, "paper_setting_masked": paper_mask.num_masked, "sweep": rows, "sft": sft,
-            "robustness": robust, "minutes": (time.time() - start) / 60, "command": command, "n": n,
-            "question_set": "all of them" if eval_n is None else f"{eval_n} per dimension drawn with seed 0",
-            "max_new_tokens": tokens, "prompt_format": args.prompt_format, "generation_batch_size": kw["batch_size"],
-            "machine": f"{platform.machine()} ({platform.processor() or 'CPU'})", "date": time.strftime("%Y-%m-%d"),
-            "environment": environment(model), "plots": [str(p) for p in plots]}
+    data.update(minutes=(time.time() - start) / 60, plots=[str(p) for p in plots])
+    return data
 
 
 if __name__ == "__main__":
