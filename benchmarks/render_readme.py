@@ -67,16 +67,27 @@ def reference_section() -> str:
              f"fine-tuning included, "
              f"{data['date']}): SALAD-Bench questions, {data['question_set']} ({base['fairness']['n']} fairness, "
              f"{base['privacy']['n']} privacy), the paper's scoring data ({data['n']} samples per set), prompt format "
-             f"{data['prompt_format']}. Base model: fairness {_f(base['fairness']['rate'])}, privacy "
-             f"{_f(base['privacy']['rate'])} by the rule judge. Each setting against the base on the same questions "
-             "(change in the judge's rate [paired 95% CI], flips, Holm-adjusted McNemar p):", ""]
+             f"{data['prompt_format']}. Base model: fairness {_f(base['fairness']['rate'])} by the rule judge "
+             f"({_corrected(base['fairness'])} corrected for the judge's error), privacy {_f(base['privacy']['rate'])} "
+             f"({_corrected(base['privacy'])} corrected). Each setting against the base on the same questions "
+             "(change in the judge's rate [paired 95% CI], flips, Holm-adjusted McNemar p; corrected rate):", ""]
     for name, s in data["settings"].items():
         if name == "base" or "fairness" not in s:
             continue
-        lines.append(f"- {name} ({s['masked']} weights zeroed): fairness {_change(s['fairness'])}; privacy "
-                     f"{_change(s['privacy'])}; perplexity {_f(base.get('perplexity'), '.2f')} -> "
+        lines.append(f"- {name} ({s['masked']} weights zeroed): fairness {_change(s['fairness'])}, corrected "
+                     f"{_corrected(s['fairness'])}; privacy {_change(s['privacy'])}, corrected "
+                     f"{_corrected(s['privacy'])}; perplexity {_f(base.get('perplexity'), '.2f')} -> "
                      f"{_f(s.get('perplexity'), '.2f')}.")
+    if data.get("not_run"):
+        lines += ["", f"Not measured in this run (stopped for time): {'; '.join(data['not_run'])}."]
     return "\n".join(lines)
+
+
+def _corrected(entry: dict) -> str:
+    c = entry.get("corrected")
+    if not c or c.get("corrected") is None or c["corrected"] != c["corrected"]:
+        return "n/a"
+    return f"{c['corrected']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
 
 
 def demo_section() -> str:

@@ -141,6 +141,7 @@ def main() -> None:
                              if not line.startswith("<!--"))
             write_section(args.table, "reference", text)
         summary = {k: data[k] for k in ("question_set", "n", "minutes", "date", "command", "prompt_format")}
+        summary["not_run"] = data.get("not_run", [])
         summary["settings"] = {"base": _summary(data["base"])}
         for r in data["sweep"]:
             summary["settings"][f"{r['modules']} q={r['q']:g}"] = _summary(r)
