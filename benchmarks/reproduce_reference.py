@@ -9,6 +9,10 @@ report.md and PNG plots into --out, and with --table the committed results table
     cd benchmarks && ../.venv/bin/python reproduce_reference.py --rejudge dean_runs/reference/report.json \
         --table RESULTS.md                                                             # judge stored answers again
 
+A run keeps what it has measured in partial.json after every setting. Parts of one run can go to separate
+processes (`--stages base,sweep` and `--stages sft,robustness --out OTHER`) and are joined by
+`--rejudge PART1/partial.json PART2/partial.json --table RESULTS.md`.
+
 Answers are stored, so a better judge (or its new calibration) is applied without generating again.
 """
 
@@ -103,6 +107,39 @@ def analyse(data: dict, judge) -> tuple[list, list]:
     return tables, notes
 
 
+STAGES = ("base", "sweep", "sft", "robustness")
+SAME = ("n", "question_set", "max_new_tokens", "prompt_format")
+
+
+def join_parts(parts: list[dict]) -> dict:
+    """One run's data from the files of its parts (runs of different --stages on the same settings)."""
+    data = dict(parts[0])
+    for part in parts[1:]:
+        differ = [k for k in SAME if part.get(k) != data.get(k)]
+        if differ:
+            raise SystemExit(f"these runs differ in {differ}: they are not parts of one run")
+        if part.get("base") is not None:
+            if data.get("base") is not None and _labels(part["base"]) != _labels(data["base"]):
+                raise SystemExit("the parts' base models answered differently: they are not parts of one run")
+            data["base"] = data["base"] or part["base"]
+        data["sweep"] = data["sweep"] + part["sweep"]
+        data["sft"] = {**data["sft"], **part["sft"]}
+        data["robustness"] = data["robustness"] + part["robustness"]
+        data["not_run"] = [s for s in data.get("not_run", []) if s in part.get("not_run", [])]
+        if data.get("paper_setting_masked") is None:
+            data["paper_setting_masked"] = part.get("paper_setting_masked")
+        data["minutes"] = data["minutes"] + part["minutes"]
+        data["command"] = f"{data['command']}` and `{part['command']}"
+        data["plots"] = data.get("plots", []) + part.get("plots", [])
+    if data.get("base") is None:
+        raise SystemExit("no part measured the base model (--stages base): nothing to compare with")
+    return data
+
+
+def _labels(row: dict) -> list:
+    return [row[d]["labels"] for d in ("fairness", "privacy")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -116,16 +153,24 @@ def main() -> None:
     parser.add_argument("--settings", choices=["full", "core"], default="full",
                         help="full: the q x modules sweep, both SFT variants and every robustness case; core: the MLP "
                              "q sweep, SFT on privacy data and unsafe-only scoring (a third of the time)")
-    parser.add_argument("--rejudge", default=None, help="a report.json of an earlier run: judge its stored answers "
-                                                        "again and rewrite the report and table (no generation)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="the parts to measure, comma-separated, of " + ", ".join(STAGES) + " (default: all); "
+                             "runs of different parts on the same settings are joined by --rejudge")
+    parser.add_argument("--rejudge", default=None, nargs="+",
+                        help="report.json or partial.json files of earlier runs (several: parts of one run, joined): "
+                             "judge their stored answers again and rewrite the report and table (no generation)")
     args = parser.parse_args()
     from dean_hf.eval import RuleJudge
 
     if args.rejudge:
-        data = json.loads(Path(args.rejudge).read_text(encoding="utf-8"))
-        out = Path(args.rejudge).parent
+        data = join_parts([json.loads(Path(f).read_text(encoding="utf-8")) for f in args.rejudge])
+        out = Path(args.rejudge[0]).parent
     else:
         data, out = generate(args), Path(args.out)
+        if data["base"] is None:
+            print(f"part measured -> {out / 'partial.json'}: join it with the base model's part "
+                  "(--rejudge BASE_PART.json THIS_PART.json)")
+            return
     tables, notes = analyse(data, RuleJudge())
     files = write_report(out, "report", data, title="DEAN on SmolLM2-135M-Instruct: reference run", tables=tables,
                          notes=notes, plots=data.get("plots", []))
@@ -179,6 +224,10 @@ def generate(args) -> dict:
     module_sets = ["mlp"] if args.quick or core else ["mlp", "self_attn", "all-linear"]
     ns = (4, n) if args.quick else (8, 32, n)
     tokens = 16 if args.quick else 64
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown or not stages:
+        raise SystemExit(f"--stages {args.stages!r}: expected some of {', '.join(STAGES)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model("default", dtype="float32"), load_tokenizer("default")
@@ -193,13 +242,14 @@ def generate(args) -> dict:
         (f" --eval-n {args.eval_n}" if args.eval_n != "all" else "") + \
         (f" --prompt-format {args.prompt_format}" if args.prompt_format != "chat" else "") + \
         (f" --settings {args.settings}" if args.settings != "full" else "") + \
+        (f" --stages {','.join(stages)}" if set(stages) != set(STAGES) else "") + \
         (f" --table {args.table}" if args.table else "")
     data = {"base": None, "paper_setting_masked": None, "sweep": [], "sft": {}, "robustness": [], "command": command,
             "n": n, "question_set": "all of them" if eval_n is None else f"{eval_n} per dimension drawn with seed 0",
             "max_new_tokens": tokens, "prompt_format": args.prompt_format, "generation_batch_size": kw["batch_size"],
             "machine": f"{platform.machine()} ({platform.processor() or 'CPU'})", "date": time.strftime("%Y-%m-%d"),
             "environment": environment(model)}
-    left = [f"DEAN {m} q = p = {q:g}" for m in module_sets for q in qs] + \
+    left = ["base model"] + [f"DEAN {m} q = p = {q:g}" for m in module_sets for q in qs] + \
         ["SFT on privacy data" + ("" if core else ", SFT on fairness data, DEAN after SFT")] + \
         ["unsafe-only scoring" if core else "robustness (few samples, unsafe-only data)"]
 
@@ -210,29 +260,52 @@ def generate(args) -> dict:
         data.update(minutes=(time.time() - start) / 60, not_run=list(left))
         atomic_write_text(out / "partial.json", json.dumps(data, default=str))
 
-    data["base"] = measure(model, tokenizer, questions, **kw)
-    keep()
-    config = DeanConfig(num_samples=n, max_length=256)
+    plots = []
+    if "base" in stages:
+        data["base"] = measure(model, tokenizer, questions, **kw)
+        keep("base model")
     records = {k: load_records(v, n=n, seed=0) for k, v in safe.items()}
-    # Stored where the robustness study looks for its n-sample safe scores, so they are computed once.
-    scores = score_datasets_cached(model, tokenizer, records, config, out / "scores" / f"safe-{n}",
-                                   show_progress=not args.quick)
-    general = scores.pop("general")
-    data["paper_setting_masked"] = select_coupled_neurons(scores, general, q=5e-7, p=5e-7).num_masked
-    for modules in module_sets:
-        for q in qs:
-            data["sweep"] += sweep(model, tokenizer, scores, general, questions, qs=[q], module_sets=[modules], **kw)
-            keep(f"DEAN {modules} q = p = {q:g}")
-    default_mask = select_coupled_neurons({k: v for k, v in scores.items()}, general, q=1e-3, p=1e-3)
+    if "sweep" in stages:
+        # Stored where the robustness study looks for its n-sample safe scores, so they are computed once.
+        scores = score_datasets_cached(model, tokenizer, records, DeanConfig(num_samples=n, max_length=256),
+                                       out / "scores" / f"safe-{n}", show_progress=not args.quick)
+        general = scores.pop("general")
+        data["paper_setting_masked"] = select_coupled_neurons(scores, general, q=5e-7, p=5e-7).num_masked
+        for modules in module_sets:
+            for q in qs:
+                data["sweep"] += sweep(model, tokenizer, scores, general, questions, qs=[q], module_sets=[modules],
+                                       **kw)
+                keep(f"DEAN {modules} q = p = {q:g}")
+        plots.append(plot_mask_per_layer(select_coupled_neurons(scores, general, q=1e-3, p=1e-3),
+                                         out / "mask_per_layer.png"))
+    if "sft" in stages:
+        _baselines(data, model, tokenizer, records, safe, questions, out, core, n, **kw)
+        keep(left[[s.startswith("SFT") for s in left].index(True)])
+    if "robustness" in stages:
+        _robustness(data, model, tokenizer, safe, questions, out, core, n, ns, **kw)
+        keep(left[-1])
+    if data["base"] is not None and data["sweep"]:
+        plot_rows = [{"setting": "base", "dimension": d, **data["base"][d]} for d in questions]
+        for r in [r for r in data["sweep"] if "fairness" in r][:3]:
+            plot_rows += [{"setting": f"{r['modules']} q={r['q']:g}", "dimension": d, **r[d]} for d in questions]
+        plots.insert(0, plot_awareness(plot_rows, out / "awareness.png", "awareness: base vs DEAN settings"))
+    data.update(minutes=(time.time() - start) / 60, plots=[str(p) for p in plots])
+    return data
 
+
+def _baselines(data, model, tokenizer, records, safe, questions, out, core, n, **kw) -> None:
+    """The LoRA SFT baseline (privacy data; with the full settings also mixed data and DEAN after SFT)."""
     tuned = finetune_variants(model, tokenizer, records["privacy"], None if core else records["fairness"],
-                              show_progress=not args.quick)
+                              show_progress=kw["show_progress"])
     data["sft"] = {name: measure(m, tokenizer, questions, **kw) for name, m in tuned.items()}
     if not core:
         data["sft"]["sft_privacy + DEAN"] = dean_setting(tuned["sft_privacy"], tokenizer, safe, questions,
                                                          out / "scores-sft", n=n, q=1e-3, p=1e-3, **kw)
     del tuned
-    keep(left[0])
+
+
+def _robustness(data, model, tokenizer, safe, questions, out, core, n, ns, **kw) -> None:
+    """Unsafe-only scoring data (with the full settings also few scoring samples)."""
     unsafe = {k: REFERENCE / v for k, v in UNSAFE.items()}
     if core:  # n = 128 safe data is the sweep's MLP q = 1e-3 row: only the unsafe-only case is new
         data["robustness"] = [{"data": "unsafe only", **dean_setting(
@@ -240,14 +313,6 @@ def generate(args) -> dict:
     else:
         data["robustness"] = robustness(model, tokenizer, safe, unsafe, questions, out / "scores", ns=ns, q=1e-3,
                                         p=1e-3, **kw)
-    keep(left[0])
-    plot_rows = [{"setting": "base", "dimension": d, **data["base"][d]} for d in questions]
-    for r in [r for r in data["sweep"] if "fairness" in r][:3]:
-        plot_rows += [{"setting": f"{r['modules']} q={r['q']:g}", "dimension": d, **r[d]} for d in questions]
-    plots = [plot_awareness(plot_rows, out / "awareness.png", "awareness: base vs DEAN settings"),
-             plot_mask_per_layer(default_mask, out / "mask_per_layer.png")]
-    data.update(minutes=(time.time() - start) / 60, plots=[str(p) for p in plots])
-    return data
 
 
 if __name__ == "__main__":
