@@ -157,3 +157,27 @@ def fmt(x: float) -> str:
 
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+def bare_step(model, data, batch_size: int, device, *, hf_loss: bool) -> None:
+    """The floor a user compares with: forward + backward with every target weight's gradient, no hooks. With
+    `hf_loss`, a plain training step (`model(..., labels=...)`, transformers' loss); else dean_hf's fused loss."""
+    from dean_hf.scoring import forward_loss
+    from dean_hf.scoring.engine import _batches, _collate
+    from dean_hf.targets import find_target_modules
+
+    targets = {m.weight for m in find_target_modules(model, "all-linear").values()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(p in targets)
+    try:
+        for idx in _batches(data, batch_size, True):
+            ids, labels, mask = _collate(data, idx, 0, device)
+            if hf_loss:
+                model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            else:
+                forward_loss(model, ids, labels, mask).sum().backward()
+            model.zero_grad(set_to_none=True)
+    finally:
+        for p, f in flags.items():
+            p.requires_grad_(f)

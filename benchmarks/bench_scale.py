@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
+from _common import bare_step
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dean_hf import score_importance  # noqa: E402
 from dean_hf.plan import GIB, estimate_memory, load_config, measure_peak  # noqa: E402
-from dean_hf.scoring import forward_loss  # noqa: E402
-from dean_hf.scoring.engine import _batches, _check_examples, _collate  # noqa: E402
-from dean_hf.targets import find_target_modules  # noqa: E402
+from dean_hf.scoring.engine import _check_examples  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "configs"
 SMALL = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
@@ -61,26 +61,6 @@ def examples(vocab: int, n: int, length: int) -> list[dict]:
         ids = torch.randint(3, vocab, (length,), generator=g).tolist()
         out.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
     return out
-
-
-def bare_step(model, data, batch_size: int, device, *, hf_loss: bool) -> None:
-    """The floor a user compares with: forward + backward with every target weight's gradient, no hooks. With
-    `hf_loss`, a plain training step (`model(..., labels=...)`, transformers' loss); else dean_hf's fused loss."""
-    targets = {m.weight for m in find_target_modules(model, "all-linear").values()}
-    flags = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(p in targets)
-    try:
-        for idx in _batches(data, batch_size, True):
-            ids, labels, mask = _collate(data, idx, 0, device)
-            if hf_loss:
-                model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-            else:
-                forward_loss(model, ids, labels, mask).sum().backward()
-            model.zero_grad(set_to_none=True)
-    finally:
-        for p, f in flags.items():
-            p.requires_grad_(f)
 
 
 def count_flops(fn) -> float:

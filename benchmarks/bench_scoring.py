@@ -14,29 +14,10 @@ import argparse
 
 import torch
 
-from _common import ARCHS, Timer, examples, fmt, load, load_arch, peak_rss_mib, synthetic_examples
+from _common import ARCHS, Timer, bare_step, examples, fmt, load, load_arch, peak_rss_mib, synthetic_examples
 from dean_hf import score_importance
-from dean_hf.scoring import forward_loss
-from dean_hf.scoring.engine import _batches, _check_examples, _collate
+from dean_hf.scoring.engine import _check_examples
 from dean_hf.targets import find_target_modules
-
-
-def bare_loop(model, exs, batch_size: int, device) -> None:
-    """(a) the floor: forward + backward over the same batches (same length grouping, same loss), every
-    target weight's gradient, no hooks."""
-    targets = {m.weight for m in find_target_modules(model, "all-linear").values()}
-    flags = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(p in targets)
-    data = _check_examples(exs)
-    try:
-        for idx in _batches(data, batch_size, True):
-            ids, labels, mask = _collate(data, idx, 0, device)
-            forward_loss(model, ids, labels, mask).sum().backward()
-            model.zero_grad(set_to_none=True)
-    finally:
-        for p, f in flags.items():
-            p.requires_grad_(f)
 
 
 def reference_schedule(model, exs, layers: dict[str, list[str]], device) -> dict[str, torch.Tensor]:
@@ -98,7 +79,8 @@ def main() -> None:
     print(f"model: {args.arch or args.model}{' (quick)' if args.quick else ''}, {params / 1e6:.1f}M parameters, "
           f"{args.dtype} on {device}; {n} samples of {min(len(e['input_ids']) for e in exs)}-"
           f"{max(len(e['input_ids']) for e in exs)} tokens")
-    bare_loop(model, exs[:2], 1, device)  # warm-up
+    data = _check_examples(exs)
+    bare_step(model, data[:2], 1, device, hf_loss=False)  # warm-up
     score_importance(model, exs[:2], show_progress=False)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     names = list(find_target_modules(model, "all-linear"))
@@ -111,15 +93,18 @@ def main() -> None:
     kept = chosen + [m for m in per_layer[next(iter(per_layer))] if m not in chosen]
     results, seconds = {}, {}
     for bs in sizes:
+        with Timer(device) as hf_step:
+            bare_step(model, data, bs, device, hf_loss=True)
         with Timer(device) as floor:
-            bare_loop(model, exs, bs, device)
+            bare_step(model, data, bs, device, hf_loss=False)
         with Timer(device) as t:
             scores = score_importance(model, exs, batch_size=bs, keep=1.0, show_progress=False)  # dense: compared
         results[bs] = {k: scores[k] for k in kept}  # the rest is freed now (a 7B model's scores are 26 GB)
         del scores
         seconds[bs] = t.seconds
         print(f"batch {bs}: (b) score_importance {fmt(n / t.seconds)} samples/s, (a) bare forward+backward "
-              f"{fmt(n / floor.seconds)} samples/s; (b)/(a) = {fmt(t.seconds / floor.seconds)}; page faults "
+              f"{fmt(n / floor.seconds)} samples/s; (b)/(a) = {fmt(t.seconds / floor.seconds)}; (b) / a plain "
+              f"training step (transformers' loss, same batches) = {fmt(t.seconds / hf_step.seconds)}; page faults "
               f"{t.faults} / {floor.faults}, system CPU {fmt(t.sys_seconds)} s / {fmt(floor.sys_seconds)} s")
     first = sizes[0]
     for bs in sizes[1:]:

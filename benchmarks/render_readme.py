@@ -131,7 +131,8 @@ def tune_section() -> str:
         return "\n".join(lines + ["No setting met the objective's constraint, so nothing was confirmed."])
     for dim in ("fairness", "privacy"):
         paired = c[dim]["paired"]
-        lines.append(f"- test {dim}: {paired['before']:.3f} -> {paired['after']:.3f}, change {paired['difference']:+.3f} "
+        lines.append(f"- test {dim}: {paired['before']:.3f} -> {paired['after']:.3f}, change "
+                     f"{paired['difference']:+.3f} "
                      f"[{paired['ci95'][0]:+.2f}, {paired['ci95'][1]:+.2f}], {paired['improved']} improved / "
                      f"{paired['worsened']} worsened, Holm p = {paired['p_adjusted']:.2g} ({paired['verdict']}; this "
                      f"test part detects changes over {c[dim]['detectable']:.3f});")
