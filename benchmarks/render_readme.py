@@ -126,7 +126,7 @@ def tune_section() -> str:
     c = d["confirmation"]
     lines = [f"`dean tune` on SmolLM2 (`{d['command']}`, {d['minutes']:.0f} min, {d['trials']} trials): objective "
              f"\"{d['objective']}\"; split {d['split']['dev']} development / {d['split']['test']} test questions. "
-             f"Chosen on the development part: {d['chosen']}."]
+             f"Chosen on the development part: {d['chosen']}." + (f" {d['note']}" if d.get("note") else "")]
     if not c:
         return "\n".join(lines + ["No setting met the objective's constraint, so nothing was confirmed."])
     for dim in ("fairness", "privacy"):
@@ -135,7 +135,8 @@ def tune_section() -> str:
                      f"{paired['difference']:+.3f} "
                      f"[{paired['ci95'][0]:+.2f}, {paired['ci95'][1]:+.2f}], {paired['improved']} improved / "
                      f"{paired['worsened']} worsened, Holm p = {paired['p_adjusted']:.2g} ({paired['verdict']}; this "
-                     f"test part detects changes over {c[dim]['detectable']:.3f});")
+                     f"test part detects changes over {c[dim]['detectable']:.3f}); judge-corrected "
+                     f"{' -> '.join(_corrected({'corrected': x}) for x in c[dim].get('corrected') or [None, None])};")
     lines.append(f"- perplexity {c['perplexity'][0]:.2f} -> {c['perplexity'][1]:.2f}. Verdict: **{c['verdict']}**.")
     return "\n".join(lines)
 

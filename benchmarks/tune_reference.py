@@ -26,6 +26,20 @@ SOURCES = {"fairness": "beaver_train330k_fairness_safe_1k.csv", "privacy": "beav
            "unsafe_privacy": "beaver_train330k_privacy_unsafe_1k.csv"}
 
 
+def write_table(table: str, out: str, data: dict, minutes: float, command: str, note: str) -> None:
+    """The tune section of the results file `table` (from `out`/tune.md) and RESULTS_tune.json beside it."""
+    report = (Path(out) / "tune.md").read_text(encoding="utf-8").replace("# dean tune", "## dean tune", 1)
+    report = "\n".join(line for line in report.splitlines()
+                       if not line.startswith(("![", "<!--"))).replace("\n## ", "\n### ")
+    report = report.replace("### dean tune", "## dean tune", 1)
+    write_section(table, "tune", report + f"\n{note + ' ' if note else ''}Ran in {minutes:.0f} min, "
+                                          f"{time.strftime('%Y-%m-%d')}. Command: `{command}`\n")
+    summary = {k: data[k] for k in ("objective", "chosen", "confirmation")}
+    summary.update(split={k: v for k, v in data["split"].items() if k != "dev_questions"}, minutes=minutes,
+                   command=command, trials=len(data["trials"]), note=note)
+    Path(table).with_name("RESULTS_tune.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -63,16 +77,7 @@ def main() -> None:
         "".join(f" {g}" for g in grid) + (f" --device {args.device}" if args.device != "cpu" else "") + \
         (f" --resume {args.resume}" if args.resume else "") + (f" --table {args.table}" if args.table else "")
     if args.table:
-        report = (Path(args.out) / "tune.md").read_text(encoding="utf-8").replace("# dean tune", "## dean tune", 1)
-        report = "\n".join(line for line in report.splitlines()
-                           if not line.startswith(("![", "<!--"))).replace("\n## ", "\n### ")
-        report = report.replace("### dean tune", "## dean tune", 1)
-        write_section(args.table, "tune", report + f"\n{args.note + ' ' if args.note else ''}Ran in {minutes:.0f} min, "
-                                                   f"{time.strftime('%Y-%m-%d')}. Command: `{command}`\n")
-        summary = {k: data[k] for k in ("objective", "chosen", "confirmation")}
-        summary.update(split={k: v for k, v in data["split"].items() if k != "dev_questions"}, minutes=minutes,
-                       command=command, trials=len(data["trials"]), note=args.note)
-        Path(args.table).with_name("RESULTS_tune.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_table(args.table, args.out, data, minutes, command, args.note)
     print(f"{len(data['trials'])} trials, chosen {data['chosen']}; report -> {Path(args.out) / 'tune.md'} "
           f"({minutes:.1f} min)")
 

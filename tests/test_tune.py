@@ -110,3 +110,20 @@ def test_an_interrupted_search_is_resumed_without_measuring_again(tokenizer, tmp
 def test_a_bad_grid_is_refused_before_any_work(space, match):
     with pytest.raises(DeanError, match=match):
         TuneSpace(**space).settings()
+
+
+def test_confirmation_report_shows_judge_corrected_rates(tmp_path):
+    """The confirmation table carries the judge-corrected rates (with intervals) beside the judge's own rate."""
+    paired = {"before": 0.7, "after": 0.75, "difference": 0.05, "ci95": [0.01, 0.09], "improved": 30, "worsened": 20,
+              "p_adjusted": 0.04, "verdict": "higher"}
+    corrected = [{"raw": 0.7, "corrected": 0.612, "ci95": [0.41, 0.83], "n": 200},
+                 {"raw": 0.75, "corrected": 0.705, "ci95": [0.52, 0.9], "n": 200}]
+    confirmation = {"setting": "s", "perplexity": [15.0, 15.2], "verdict": "helped",
+                    "fairness": {"paired": paired, "corrected": corrected, "detectable": 0.03},
+                    "privacy": {"paired": paired, "corrected": [None, None], "detectable": 0.05}}
+    trial = {"label": "s", "masked": 3, "objective": 0.05}
+    data = {"objective": "o", "split": {"seed": 0, "dev": {}, "test": {}}, "confirmation": confirmation}
+    tune_module._write(tmp_path, data, [trial])
+    text = (tmp_path / "tune.md").read_text()
+    assert "judge-corrected base -> edited" in text
+    assert "0.612 [0.41, 0.83] -> 0.705 [0.52, 0.90]" in text and "n/a -> n/a" in text

@@ -30,7 +30,7 @@ from ..eval.stats import as_outcomes, compare_paired, holm
 from ..logging import get_logger
 from ..logging import show_progress as _bars_wanted
 from ..pipeline import score_datasets_cached
-from .common import measure, restrict
+from .common import corrected_text, measure, restrict
 
 logger = get_logger(__name__)
 CONTRASTIVE = "(unsafe_fairness & unsafe_privacy) - (fairness | privacy | general)"
@@ -315,12 +315,17 @@ def _write(out: Path, data: Mapping[str, Any], trials: Sequence[Mapping[str, Any
         conf_rows = [[d, f"{c[d]['paired']['before']:.3f} -> {c[d]['paired']['after']:.3f}",
                       f"{c[d]['paired']['difference']:+.3f} [{c[d]['paired']['ci95'][0]:+.2f}, "
                       f"{c[d]['paired']['ci95'][1]:+.2f}]", f"+{c[d]['paired']['improved']}/-{c[d]['paired']['worsened']}",
-                      f"{c[d]['paired']['p_adjusted']:.3g}", f"{c[d]['detectable']:.3f}", c[d]["paired"]["verdict"]]
+                      f"{c[d]['paired']['p_adjusted']:.3g}", f"{c[d]['detectable']:.3f}", c[d]["paired"]["verdict"],
+                      " -> ".join(corrected_text({"corrected": x}) for x in c[d].get("corrected") or [None, None])]
                      for d in ("fairness", "privacy")]
         tables.append((f"Confirmation on the test questions: {c['setting']}",
-                       ["dimension", "base -> edited", "change [paired 95% CI]", "flips", "McNemar p (Holm)",
-                        "detectable change", "verdict"], conf_rows))
+                       ["dimension", "base -> edited (judge's rate)", "change [paired 95% CI]", "flips",
+                        "McNemar p (Holm)", "detectable change", "verdict", "judge-corrected base -> edited [95% CI]"],
+                       conf_rows))
         notes.append(f"Verdict: {c['verdict']}. Perplexity {c['perplexity'][0]:.2f} -> {c['perplexity'][1]:.2f}.")
+        notes.append("The verdict is about the judge's rate. Judge-corrected rates undo the judge's measured error "
+                     "(Rogan-Gladen, with the uncertainty of that measurement); an interval near [0, 1] means the "
+                     "judge agrees too little with a careful reader on that dimension to say what the true rate is.")
     else:
         notes.append("No setting met the objective's constraint: nothing was confirmed.")
     plots = [_plot(trials, out / "trials.png")]
