@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn

