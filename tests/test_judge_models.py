@@ -4,8 +4,9 @@ parsing, placement options passed through, and the whole `dean eval --judge FOLD
 The published texts are stored, as published, in tests/published/ (see its README.md for the sources):
 - `md_judge_v0.1_evaluation_template.txt`: MD-Judge-v0.1's evaluation template, the `evaluation_template` of the
   model card's "Uses" section (https://huggingface.co/OpenSafetyLab/MD-Judge-v0.1, README.md), copied verbatim by
-  the DEAN authors' evaluation code (github.com/ChnQ/SPIN, src/eval_salad.py, commit 1f3c844d8c0fb99dc2d746a7cf44a946ebc99e75)
-  and filled there as `evaluation_template.strip() % (question, answer)`; decoding `max_new_tokens=32`.
+  the DEAN first author's `src/eval_salad.py` (github.com/ChnQ/SPIN, commit
+  1f3c844d8c0fb99dc2d746a7cf44a946ebc99e75; the stored github.com/ChnQ/DEAN holds only its README) and filled
+  there as `evaluation_template.strip() % (question, answer)`; decoding `max_new_tokens=32`.
 - `salad_bench_domain_policy.txt`, `salad_bench_domain_qapair_template.txt`: SALAD-Bench's `DOMAIN_POLICY` and
   `DOMAIN_QAPAIR_TEMPLATE` (SALAD-Bench, saladbench/template.py, commit 00560565017c14f35f3a9be20ae4f3e07946b4a0 of
   github.com/adwardlee/SALAD, the SALAD-Bench authors' repository), filled by `MD_Prompter("domain")`.
