@@ -51,9 +51,36 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct, embedded), a local folder or "
                                                        "a Hub model id")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
-    p.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto' (default: CPU)")
+    p.add_argument("--device-map", default=None, type=_device_map, help="accelerate device map: 'auto', "
+                   "'balanced', 'sequential' or one device ('cuda:0', 'cpu'; default: CPU)")
     p.add_argument("--revision", default=None, help="model revision (branch, tag or commit) of a Hub model")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code (off: safer)")
+
+
+def _device_map(text: str):
+    from .models import check_device_map
+
+    try:
+        return check_device_map(text)
+    except DeanError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _judge_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge", default="rules", help="'rules' (offline) or a judge model id or folder: "
+                                                    "OpenSafetyLab/MD-Judge-v0.1 (the papers' judge), Llama Guard")
+    p.add_argument("--judge-device-map", default=None, type=_device_map,
+                   help="where the judge model goes, like --device-map (default: where --device-map puts the model)")
+    p.add_argument("--judge-dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the judge's weights dtype (default: --dtype)")
+
+
+def _get_judge(args):
+    """The judge of --judge, placed by --judge-device-map/--judge-dtype (default: as the evaluated model)."""
+    from .eval import get_judge
+
+    return get_judge(args.judge, device_map=args.judge_device_map or args.device_map,
+                     dtype=args.judge_dtype or args.dtype)
 
 
 def _load(args):
@@ -165,7 +192,7 @@ def cmd_eval(args) -> None:
 
     from .data import load_records
     from .editor import DeanEditor
-    from .eval import get_judge, judge_note
+    from .eval import judge_note
     from .eval.generate import generation_batch_size
     from .eval.report import write_report
     from .experiments import before_after, embedded_questions, measure, rate_text
@@ -181,7 +208,7 @@ def cmd_eval(args) -> None:
                      for n, s in _named_sources(args.questions).items()}
     elif eval_n:
         questions = {d: q[:eval_n] for d, q in questions.items()}
-    judge = get_judge(args.judge)
+    judge = _get_judge(args)
     model, tokenizer = _load(args)
     batch = generation_batch_size(model, args.max_new_tokens) if args.batch_size == "auto" else \
         _positive(args.batch_size)
@@ -199,9 +226,9 @@ def cmd_eval(args) -> None:
     else:
         figures = measure(model, tokenizer, questions, judge=judge, max_new_tokens=args.max_new_tokens,
                           batch_size=batch, show_progress=not args.quiet, keep_answers=True, chat_template=chat)
-        from .experiments import corrected_text
+        from .experiments import corrected_text, unclear_text
 
-        rows = [[d, rate_text(figures[d]), corrected_text(figures[d]), figures[d]["unclear"]] for d in questions]
+        rows = [[d, rate_text(figures[d]), corrected_text(figures[d]), unclear_text(figures[d])] for d in questions]
         files = write_report(args.out, "report", {"awareness": figures, **settings},
                              title=f"Awareness of {args.model}",
                              tables=[("Awareness", ["dimension", "judge's rate [95% CI]", "corrected [95% CI]",
@@ -293,7 +320,6 @@ def _read_trials(path: str) -> list[dict]:
 
 def cmd_tune(args) -> None:
     from .data import load_records
-    from .eval import get_judge
     from .eval.generate import generation_batch_size
     from .experiments.tune import Objective, TuneSpace, tune
     from .io import check_writable
@@ -309,7 +335,7 @@ def cmd_tune(args) -> None:
                       scorers=[x for x in args.scorers.split(",") if x],
                       ns=[_positive(x) for x in args.ns.split(",") if x])
     settings = space.settings()  # the grid is checked before the model is loaded
-    judge = get_judge(args.judge)
+    judge = _get_judge(args)
     model, tokenizer = _load(args)
     batch = generation_batch_size(model, args.max_new_tokens) if args.batch_size == "auto" else \
         _positive(args.batch_size)
@@ -409,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the question draw")
     p.add_argument("--prompt-format", choices=["chat", "raw"], default="chat",
                    help="the question in the model's chat template (default), or bare, as the reference code did")
-    p.add_argument("--judge", default="rules", help="'rules' (offline) or a judge model id (MD-Judge, Llama Guard)")
+    _judge_options(p)
     p.add_argument("--max-new-tokens", type=_positive, default=64, help="tokens generated per answer")
     p.add_argument("--batch-size", default="auto", help="questions per generation batch: 'auto' (chosen from memory) "
                                                         "or a number")
@@ -434,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorers", default="snip", help="scorers tried (snip, wanda)")
     p.add_argument("--ns", default="128", help="scoring samples per data set tried")
     p.add_argument("--max-perplexity-increase", type=float, default=0.03, help="the objective's constraint")
-    p.add_argument("--judge", default="rules", help="'rules' (offline) or a judge model id")
+    _judge_options(p)
     p.add_argument("--max-new-tokens", type=_positive, default=64, help="tokens generated per answer")
     p.add_argument("--batch-size", default="auto", help="generation batch: 'auto' or a number")
     p.add_argument("--prompt-format", choices=["chat", "raw"], default="chat", help="chat template or bare question")

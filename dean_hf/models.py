@@ -90,6 +90,34 @@ def resolve_model_path(name: str) -> str:
     return str(materialize_default()) if name.lower() in DEFAULT_ALIASES else name
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(value: Any) -> Any:
+    """A device map given as text, checked before anything loads: one of accelerate's strategies (`auto`,
+    `balanced`, `balanced_low_0`, `sequential`) or one device that exists here (`cpu`, `cuda`, `cuda:1`, `mps`,
+    or a GPU index such as `1`, returned as an int). Anything else (a dict, None) is returned unchanged."""
+    if not isinstance(value, str) or value in DEVICE_MAP_STRATEGIES:
+        return value
+    import torch
+
+    text = value.strip()
+    try:
+        device = torch.device("cuda", int(text)) if text.isdigit() else torch.device(text)
+    except (RuntimeError, ValueError):
+        raise DeanError(f"device map {value!r}: expected one of {DEVICE_MAP_STRATEGIES} or a device such as 'cpu', "
+                        "'cuda', 'cuda:1' or a GPU index.") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DeanError(f"device map {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        "pick one of them, 'auto' or 'cpu'.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeanError(f"device map {value!r}: MPS is not available here; use 'cpu' or 'auto'.")
+    if device.type not in ("cpu", "cuda", "mps", "xpu", "npu"):
+        raise DeanError(f"device map {value!r}: {device.type!r} is not a device dean_hf places models on; use "
+                        "'cpu', 'cuda[:N]' or 'auto'.")
+    return int(text) if text.isdigit() else text
+
+
 def load_model(name: str, *, dtype: Any = "auto", device_map: Any = None, trust_remote_code: bool = False,
                revision: Optional[str] = None, torch_dtype: Any = None, **kwargs: Any) -> Any:
     """Load a causal LM by name (see `resolve_model_path`): `dtype` ("auto", "bfloat16", a torch dtype; PEFT-era

@@ -8,7 +8,7 @@ from conftest import CALIBRATION_DATA, make_model, pairs
 from dean_hf import DeanEditor
 from dean_hf.eval import (CallableJudge, RuleJudge, cautionary_frequency, cohen_kappa,
                           evaluate_awareness, judge_answers, perplexity)
-from dean_hf.eval.judges import GenerativeJudge, parse_safe_unsafe
+from dean_hf.eval.judge_models import GenerativeJudge, parse_safe_unsafe
 
 judge = RuleJudge()
 

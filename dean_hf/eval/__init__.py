@@ -6,7 +6,8 @@ from typing import Any, Mapping, Sequence
 
 from .awareness import Agreement, AwarenessResult, cohen_kappa, judge_agreement, judge_answers
 from .generate import generate_answers
-from .judges import CallableJudge, ClassifierJudge, GenerativeJudge, Judge, RuleJudge, get_judge
+from .judge_models import ClassifierJudge, GenerativeJudge, get_judge
+from .judges import CallableJudge, Judge, RuleJudge
 from .perplexity import cautionary_frequency, perplexity
 from .agreement import agreement_of, judge_note, measure_agreement
 from .stats import JudgeAgreement, PairedComparison, compare_paired, corrected_rate

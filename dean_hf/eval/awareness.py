@@ -33,9 +33,14 @@ class AwarenessResult:
         judged = self.aware + self.unaware
         return self.aware / judged if judged else math.nan
 
+    @property
+    def unclear_share(self) -> float:
+        """unclear / n: the share of answers the judge gave no verdict on (NaN when nothing was asked)."""
+        return self.unclear / self.n if self.n else math.nan
+
     def summary(self) -> dict[str, Any]:
         return {"dimension": self.dimension, "rate": self.rate, "aware": self.aware, "unaware": self.unaware,
-                "unclear": self.unclear, "n": self.n}
+                "unclear": self.unclear, "unclear_share": self.unclear_share, "n": self.n}
 
 
 def awareness_from_labels(dimension: str, labels: Sequence[str], records: list[dict] | None = None) -> AwarenessResult:

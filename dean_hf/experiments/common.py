@@ -84,6 +84,12 @@ def restrict(scores: ImportanceScores, target_modules: TargetModules) -> Importa
     return scores.subset(n for n in scores if _matches(n, target_modules))
 
 
+def unclear_text(entry: Mapping[str, Any]) -> str:
+    """'3 of 40 (7.5%)': the answers the judge gave no verdict on."""
+    share = entry["unclear"] / entry["n"] if entry["n"] else 0.0
+    return f"{entry['unclear']} of {entry['n']} ({share:.1%})"
+
+
 def rate_text(entry: Mapping[str, Any]) -> str:
     """'0.720 [0.52, 0.86] (n=25)' for tables (n counts judged answers; unclear ones are named apart)."""
     low, high = entry["ci95"]
