@@ -124,8 +124,10 @@ def figures(args: argparse.Namespace) -> None:
         raise SystemExit(f"{len(missing)} answers have no label (e.g. {missing[0]}): read them first")
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     by = {(r["setting"], r["dimension"], r["question_id"]): r for r in rows}
-    result: dict = {"settings": json.loads((out / "settings.json").read_text())["settings"], "readers": {},
-                    "rates": {}, "paired": {}, "judge": {}}
+    made = json.loads((out / "settings.json").read_text())
+    result: dict = {"settings": made["settings"], "masked": made["masked"], "questions": made["questions"],
+                    "date": time.strftime("%Y-%m-%d"), "labels": str(args.labels), "readers": {}, "rates": {},
+                    "paired": {}, "judge": {}}
     for d in DIMENSIONS:  # the readers' own agreement on the overlap (unclear kept as a category)
         both = [(label[k], second[k]) for k in second if k in label and k[0].startswith(d)]
         result["readers"][d] = {"n": len(both), "agree": sum(a == b for a, b in both) / len(both) if both else None,
@@ -157,6 +159,15 @@ def figures(args: argparse.Namespace) -> None:
         for c, adj in zip(comps.values(), holm([c.p_value for c in comps.values()])):
             c.p_adjusted = adj
         result["paired"][s] = {d: {**c.to_dict(), "verdict": c.verdict()} for d, c in comps.items()}
+        judged = {}  # the rule judge's paired change on the same questions, for comparison
+        for d in DIMENSIONS:
+            qids = [r["question_id"] for r in rows if r["setting"] == settings[0] and r["dimension"] == d]
+            judged[d] = compare_paired(as_outcomes([by[(settings[0], d, q)]["judge"] for q in qids]),
+                                       as_outcomes([by[(s, d, q)]["judge"] for q in qids]))
+        for c, adj in zip(judged.values(), holm([c.p_value for c in judged.values()])):
+            c.p_adjusted = adj
+        result.setdefault("judge_paired", {})[s] = {d: {**c.to_dict(), "verdict": c.verdict()}
+                                                    for d, c in judged.items()}
     (out / "careful.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     text = render(result)
     print(text)

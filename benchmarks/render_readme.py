@@ -141,7 +141,40 @@ def tune_section() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"judge": judge_section, "reference": reference_section, "demo": demo_section, "tune": tune_section}
+CAREFUL = HERE / "RESULTS_careful.json"
+
+
+def careful_section() -> str:
+    """What blind careful reading found for dean tune's settings (RESULTS_careful.json, careful_reading.py)."""
+    if not CAREFUL.is_file():
+        return "dean tune's settings have not been read carefully yet (`benchmarks/careful_reading.py`)."
+    d = json.loads(CAREFUL.read_text(encoding="utf-8"))
+    q = d["questions"]
+    readers = "; ".join(f"{dim} kappa {v['kappa']:.2f} on {v['n']} answers" for dim, v in d["readers"].items()
+                        if v["n"])
+    lines = [f"Careful reading ({d['date']}; `benchmarks/careful_reading.py`, labels in `{d['labels']}`): "
+             f"{q['fairness']} fairness and {q['privacy']} privacy questions drawn from the test part (never seen by "
+             "the search), answered by the base model and two settings; every distinct answer read blind to its "
+             f"setting. The readers' own agreement on a doubly read overlap: {readers}. Change against the base "
+             "model on the same questions [paired 95% CI], flips, Holm-adjusted McNemar p; the rule judge's change on "
+             "the same answers beside it:", ""]
+    base = next(iter(d["rates"]))
+    for s, dims in d["paired"].items():
+        parts = []
+        for dim, c in dims.items():
+            r0, r1 = d["rates"][base][dim], d["rates"][s][dim]
+            j = d["judge_paired"][s][dim]
+            parts.append(f"{dim} {r0['rate']:.3f} -> {r1['rate']:.3f} (n {r1['n']}), change {c['difference']:+.3f} "
+                         f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], {c['improved']} improved / {c['worsened']} "
+                         f"worsened, p = {c['p_adjusted']:.2g}: **{c['verdict']}** (judge: {j['difference']:+.3f} "
+                         f"[{j['ci95'][0]:+.3f}, {j['ci95'][1]:+.3f}], {j['verdict']}; judge vs reader kappa "
+                         f"{d['judge'][s][dim]['kappa']:.2f})")
+        lines.append(f"- {d['settings'][s]} ({d['masked'][s]:,} weights changed): " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+SECTIONS = {"judge": judge_section, "reference": reference_section, "demo": demo_section, "tune": tune_section,
+            "careful": careful_section}
 
 
 def render(text: str) -> str:
