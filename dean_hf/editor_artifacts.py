@@ -91,8 +91,9 @@ class ArtifactMixin:
     @classmethod
     def from_pretrained(cls: type[_Host], model: nn.Module | str, model_id: str | os.PathLike,
                         adapter_name: str = "default", is_trainable: bool = False, *, revision: Optional[str] = None,
-                        subfolder: Optional[str] = None, cache_dir: Optional[str] = None, local_files_only: bool = False,
-                        token: Optional[str] = None, check_base_model: bool = True, **model_kwargs: Any) -> _Host:
+                        subfolder: Optional[str] = None, cache_dir: Optional[str] = None,
+                        local_files_only: bool = False, token: Optional[str] = None, check_base_model: bool = True,
+                        **model_kwargs: Any) -> _Host:
         """Load a mask artifact from a folder or the Hub onto `model` and apply it (as `PeftModel.from_pretrained`).
 
         `model` is a model, or a name for `dean_hf.models.load_model` (then `model_kwargs`, e.g. `dtype`/
