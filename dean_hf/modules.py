@@ -8,6 +8,7 @@ PEFT (`base_model.model.` and LoRA's `base_layer`), DistributedDataParallel (`mo
 
 from __future__ import annotations
 
+import inspect
 from typing import Iterable
 
 from torch import nn
@@ -115,6 +116,14 @@ def decoder_blocks(model: nn.Module) -> list[nn.Module]:
     named = [m for m in lists if type(m[0]).__name__ in classes]
     candidates = named or lists
     return list(max(candidates, key=len)) if candidates else []
+
+
+def keeps_logits(model: nn.Module) -> bool:
+    """Whether `model.forward` takes `logits_to_keep` (recent transformers causal LMs do)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def output_head(model: nn.Module) -> nn.Module | None:
