@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections import OrderedDict, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -168,7 +170,8 @@ class MemoryPlan(MemoryEstimate):
             groups = ", ".join(f"{n} module group(s) on {d}" for d, n in placed.items())
             lines.append("device_map (what from_pretrained makes with the arguments below: accelerate's "
                          f"infer_auto_device_map): {groups}")
-            lines.append(f"  load with: AutoModelForCausalLM.from_pretrained(..., {self.load_arguments()})")
+            lines.append(f"  load with: AutoModelForCausalLM.from_pretrained(..., {self.load_arguments()})  "
+                         "(budgets for the weights: the rest of each device is kept for scoring)")
             if self.layers_per_pass is None:
                 lines.append("One set of accumulators fits beside the model: score in one pass (layers_per_pass=None).")
             else:
@@ -293,7 +296,7 @@ def _balanced(meta: nn.Module, budget: Mapping[Any, int], no_split: list[str]) -
     memory), in whole MiB: balancing them again changes nothing, so printing them is exact."""
     try:
         from transformers.integrations.accelerate import get_balanced_memory
-    except ImportError:  # pragma: no cover - transformers before 4.57 used accelerate's
+    except ImportError:  # pragma: no cover - older transformers used accelerate's
         from accelerate.utils import get_balanced_memory
     balanced = get_balanced_memory(meta, max_memory=dict(budget), no_split_module_classes=no_split)
     return {k: int(v) // MIB * MIB for k, v in balanced.items()}
@@ -303,6 +306,21 @@ def _device_map(meta: nn.Module, budget: Mapping[Any, int], no_split: list[str])
     from accelerate import infer_auto_device_map
 
     return infer_auto_device_map(meta, max_memory=dict(budget), no_split_module_classes=no_split)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Planning for devices this machine does not have is the point: accelerate's warnings about them (and
+    its advice on a trial map's offloaded buffers) are not the user's."""
+    quiet = logging.getLogger("accelerate.utils.modeling")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        quiet.setLevel(level)
 
 
 def _place(meta: nn.Module, sizes: ScoringSizes, limits: dict[Union[int, str], int]) -> MemoryPlan:
@@ -317,10 +335,7 @@ def _place(meta: nn.Module, sizes: ScoringSizes, limits: dict[Union[int, str], i
     # accelerate keeps room for the largest layer on the first GPU (to load offloaded ones into): a budget that
     # should hold every weight gets that much on top, which stays unused when nothing is offloaded.
     reserve = max(blocks + list(sizes.module_weights.values())) + MIB
-    quiet = logging.getLogger("accelerate.utils.modeling")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # planning for devices this machine does not have is the point
-    try:
+    with _quiet():
         for one_pass in (True, False):
             room = {k: reserve + ((v - rest) / (1 + ratio) if one_pass else v - rest - one_layer)
                     for k, v in limits.items()}
@@ -355,8 +370,6 @@ def _place(meta: nn.Module, sizes: ScoringSizes, limits: dict[Union[int, str], i
                 for key, x in over.items():
                     if x > 0:
                         budget[key] = max(0, budget[key] - x - MIB)
-    finally:
-        quiet.setLevel(level)
     plan = _single_device(sizes, advice=False)
     plan.memory_limits = dict(limits)
     plan.notes.append(f"Scoring does not fit in {_sizes_text(limits)}, not even one layer per pass with the other "
@@ -381,7 +394,7 @@ def _single_device(sizes: ScoringSizes, advice: bool = True) -> MemoryPlan:
     one = plan.total("scoring_peak")
     least = plan.total("scoring_peak") - plan.total("accumulators") + _most_per_pass(_held(sizes, None), 1)["device"]
     common = next((g for g in _GPU_SIZES if g * GIB >= one), None)
-    lines = [f"One GPU of {_up(one)} GiB or more scores it in one pass" + (f" (e.g. a {common} GiB GPU)." if common
+    lines = [f"One GPU of {_up(one)} GiB or more scores it in one pass" + (f" (the smallest common size: {common} GiB)." if common
                                                                           else ".")]
     if least < one:
         lines.append(f"From {_up(least)} GiB, score a few layers per pass (layers_per_pass='auto'); "

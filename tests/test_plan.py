@@ -177,7 +177,7 @@ def test_without_max_memory_the_plan_names_the_smallest_gpu_and_what_to_do_below
     text = plan.to_text()
     one = plan.total("scoring_peak")
     up = math.ceil(one / GIB * 10) / 10  # sizes to have are rounded up
-    assert f"One GPU of {up:.1f} GiB or more scores it in one pass (e.g. a 48 GiB GPU)" in text
+    assert f"One GPU of {up:.1f} GiB or more scores it in one pass (the smallest common size: 48 GiB)" in text
     least = float(re.search(r"From ([0-9.]+) GiB, score a few layers per pass", text).group(1)) * GIB
     assert f"Below {least / GIB:.1f} GiB, offload weights" in text
     # The figures are the placement's: at the one-pass size one pass, just below it several; at the least
