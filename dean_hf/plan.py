@@ -176,8 +176,8 @@ class MemoryPlan(MemoryEstimate):
                 lines.append("One set of accumulators fits beside the model: score in one pass (layers_per_pass=None).")
             else:
                 lines.append(f"One set of accumulators does not fit beside the model: score with "
-                             f"layers_per_pass={self.layers_per_pass} (layers_per_pass='auto' finds it from the GPUs' "
-                             "free memory).")
+                             f"layers_per_pass={self.layers_per_pass} (or layers_per_pass='auto', which reads the "
+                             "GPUs' free memory when scoring starts).")
         lines += self.notes
         return "\n".join(lines)
 
@@ -349,18 +349,11 @@ def _place(meta: nn.Module, sizes: ScoringSizes, limits: dict[Union[int, str], i
                 offloaded = sorted(where & set(OFFLOADED))
                 if one_pass and (offloaded or k is not None):
                     break  # a pass with every accumulator needs weights offloaded: keep the weights instead
-                if k != 0 and where - set(OFFLOADED):
+                if k != 0 and where - set(OFFLOADED):  # it fits, and the accelerators hold weights
                     plan = _with_pass(plan, most)
                     plan.device_map, plan.max_memory, plan.memory_limits = dict(device_map), load, dict(limits)
                     plan.layers_per_pass = k
-                    if k is not None:
-                        plan.notes.append(f"The accumulators column is the fullest pass; one whole set is "
-                                          f"{sum(sizes.accumulators.values()) / GIB:.2f} GiB.")
-                    if offloaded:
-                        plan.notes.append(f"The weights do not all fit on the accelerators: the rest are offloaded "
-                                          f"({', '.join(offloaded)}); their layers compute on the first GPU and "
-                                          "their accumulators are kept in CPU RAM"
-                                          + ("." if "cpu" in limits else " (add cpu=SIZE to plan it)."))
+                    plan.notes += _placement_notes(sizes, k, offloaded, "cpu" in limits)
                     return plan
                 peak = {d: plan.weights.get(d, 0) + plan.activations.get(d, 0) + plan.transient.get(d, 0)
                         + most.get(d, 0) for d in named}
@@ -375,6 +368,19 @@ def _place(meta: nn.Module, sizes: ScoringSizes, limits: dict[Union[int, str], i
     plan.notes.append(f"Scoring does not fit in {_sizes_text(limits)}, not even one layer per pass with the other "
                       "weights offloaded: lower --batch-size or --max-length, or add devices.")
     return plan
+
+
+def _placement_notes(sizes: ScoringSizes, k: Optional[int], offloaded: list[str], cpu_planned: bool) -> list[str]:
+    notes = []
+    if k is not None:
+        notes.append(f"The accumulators column is the fullest pass; one whole set is "
+                     f"{sum(sizes.accumulators.values()) / GIB:.2f} GiB.")
+    if offloaded:
+        notes.append("The weights do not all fit on the accelerators: the rest are offloaded "
+                     f"({', '.join(offloaded)}); "
+                     "their layers compute on the first GPU and their accumulators are kept in CPU RAM"
+                     + ("." if cpu_planned else " (add cpu=SIZE to plan it)."))
+    return notes
 
 
 def _up(nbytes: float) -> str:
@@ -394,8 +400,8 @@ def _single_device(sizes: ScoringSizes, advice: bool = True) -> MemoryPlan:
     one = plan.total("scoring_peak")
     least = plan.total("scoring_peak") - plan.total("accumulators") + _most_per_pass(_held(sizes, None), 1)["device"]
     common = next((g for g in _GPU_SIZES if g * GIB >= one), None)
-    lines = [f"One GPU of {_up(one)} GiB or more scores it in one pass" + (f" (the smallest common size: {common} GiB)." if common
-                                                                          else ".")]
+    smallest = f" (the smallest common size: {common} GiB)." if common else "."
+    lines = [f"One GPU of {_up(one)} GiB or more scores it in one pass{smallest}"]
     if least < one:
         lines.append(f"From {_up(least)} GiB, score a few layers per pass (layers_per_pass='auto'); "
                      "`--max-memory 0=SIZE` gives the number for a GPU.")
