@@ -18,7 +18,6 @@ import warnings
 from collections import OrderedDict, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
@@ -26,6 +25,7 @@ from torch import nn
 
 from .errors import DeanError, quote
 from .logging import get_logger
+from .models import check_config, load_config  # noqa: F401 - re-exported: they lived here
 from .memory import (  # noqa: F401 - re-exported: the arithmetic lived here before dean_hf/memory.py
     _DTYPES, _SNIP_BLOCK_ELEMENTS, GIB, OFFLOADED, MemoryEstimate, ScoringSizes, _dtype, _module_transient, _Trace,
     auto_layers_per_pass, check_shape, device_of, estimate_scoring, layers_that_fit, measure_peak, meta_model,
@@ -37,61 +37,6 @@ MIB = 1024 ** 2
 _device_of = device_of
 # Memory of common single accelerators, GiB: the advice without max_memory names the smallest that fits.
 _GPU_SIZES = (16, 24, 40, 48, 80, 94, 141, 192)
-# Sizes a config must give as positive integers (the names transformers' configs use).
-_POSITIVE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-             "vocab_size", "head_dim", "max_position_embeddings", "n_embd", "n_layer", "n_head", "n_positions",
-             "n_inner", "d_model", "ffn_dim", "num_layers")
-
-
-def check_config(config: Any) -> None:
-    """Every size of `config` a positive integer: its core sizes (`hidden_size`, `num_hidden_layers`, ...) and
-    any other `*_size` / `num_*` / `n_*` value that is set."""
-    values = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
-    for key, value in values.items():
-        if value is None or not (key in _POSITIVE or key.endswith("_size") or key.startswith(("num_", "n_"))):
-            continue
-        core = key in _POSITIVE
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < int(core):
-            raise DeanError(f"config {key}={quote(value, 60)}: expected a {'positive' if core else 'non-negative'} "
-                            "integer; fix the config.json.")
-
-
-def load_config(model: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
-    """A transformers config from a `config.json` file, a folder holding one, 'default', or a Hub id (online)."""
-    from transformers import AutoConfig
-
-    from .models import DEFAULT_ALIASES, _check_model_name, resolve_model_path
-
-    text = str(model)
-    path = Path(text)
-    if path.is_file():
-        from transformers import CONFIG_MAPPING
-
-        from .io import read_json
-
-        data = read_json(path, "model config")
-        if not isinstance(data, dict) or "model_type" not in data:
-            raise DeanError(f"{quote(text)} has no 'model_type': it is not a transformers config.json.")
-        if not isinstance(data["model_type"], str) or data["model_type"] not in CONFIG_MAPPING:
-            import transformers
-
-            raise DeanError(f"{quote(text)}: model_type={quote(data['model_type'], 60)} is not a model type "
-                            f"transformers {transformers.__version__} knows: fix it, or upgrade transformers.")
-        try:
-            return AutoConfig.for_model(**data)
-        except Exception as err:  # noqa: BLE001 - ValueError, TypeError or huggingface_hub's validation errors
-            raise DeanError(f"{quote(text)}: transformers refused the config ({type(err).__name__}: "
-                            f"{quote(' '.join(str(err).split()), 200)}); fix the config.json.") from None
-    if text.lower() in DEFAULT_ALIASES:
-        text = resolve_model_path(text)
-    _check_model_name(text)
-    try:
-        return AutoConfig.from_pretrained(text, trust_remote_code=trust_remote_code)
-    except Exception as err:  # noqa: BLE001 - OSError offline; ValueError, TypeError, validation errors for bad values
-        raise DeanError(f"could not read the config of {quote(text)} ({quote(' '.join(str(err).split()), 200)}): "
-                        "pass a local config.json or folder, or a Hub id while online.") from None
-
-
 def parse_max_memory(text: str) -> dict[Union[int, str], str]:
     """`--max-memory` text ('0=80GiB,1=80GiB,cpu=200GiB') as the `max_memory` mapping (checked by
     `estimate_memory`)."""
