@@ -279,16 +279,9 @@ def _write_evaluation_into_card(args, editor, files, judge) -> None:
 
 
 def cmd_plan(args) -> None:
-    from .plan import estimate_memory
+    from .plan import estimate_memory, parse_max_memory
 
-    max_memory = None
-    if args.max_memory:
-        max_memory = {}
-        for item in args.max_memory.split(","):
-            key, sep, size = item.partition("=")
-            if not sep or not key or not size:
-                raise DeanError(f"--max-memory {item!r}: expected DEVICE=SIZE pairs, e.g. 0=80GiB,1=80GiB,cpu=200GiB")
-            max_memory[int(key) if key.isdigit() else key] = size
+    max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
     plan = estimate_memory(args.model, dtype=args.dtype, batch_size=args.batch_size, max_length=args.max_length,
                            response_tokens=args.response_tokens, target_modules=_targets(args.target_modules),
                            max_memory=max_memory)

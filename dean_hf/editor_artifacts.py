@@ -11,7 +11,7 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TypeVar
 
 from torch import nn
 
@@ -21,9 +21,8 @@ from .errors import DeanError, quote
 from .fingerprint import weight_fingerprint
 from .mask import NeuronMask
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .editor import DeanEditor
-
+# The class the mixin is given to (the editor): known here only as `cls`/`self`, so this module never imports it.
+_Host = TypeVar("_Host", bound="ArtifactMixin")
 
 _IGNORED_PEFT_OPTIONS = ("torch_device", "low_cpu_mem_usage", "autocast_adapter_dtype", "ephemeral_gpu_offload",
                          "key_mapping")
@@ -38,7 +37,11 @@ def _check_peft_options(options: dict[str, Any]) -> None:
 
 
 class ArtifactMixin:
-    """`save_pretrained`, `from_pretrained`, `load_adapter` and `push_to_hub` over the editor's mask state."""
+    """`save_pretrained`, `from_pretrained`, `load_adapter` and `push_to_hub` over the editor's mask state.
+
+    As `huggingface_hub.ModelHubMixin`, it knows its host only through `cls` and `self`: the host class is built
+    as `cls(model, adapter_name=...)` and provides `_state` (a `MaskState`), `model`, `add_adapter`, `set_adapter`
+    and `_check_new_name`."""
 
     def _config_for_save(self, adapter_name: str) -> DeanConfig:
         config = self._state.configs[adapter_name]
@@ -86,10 +89,11 @@ class ArtifactMixin:
         return Path(save_directory)
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module | str, model_id: str | os.PathLike, adapter_name: str = "default",
-                        is_trainable: bool = False, *, revision: Optional[str] = None, subfolder: Optional[str] = None,
-                        cache_dir: Optional[str] = None, local_files_only: bool = False, token: Optional[str] = None,
-                        check_base_model: bool = True, **model_kwargs: Any) -> "DeanEditor":
+    def from_pretrained(cls: type[_Host], model: nn.Module | str, model_id: str | os.PathLike,
+                        adapter_name: str = "default", is_trainable: bool = False, *, revision: Optional[str] = None,
+                        subfolder: Optional[str] = None, cache_dir: Optional[str] = None,
+                        local_files_only: bool = False, token: Optional[str] = None, check_base_model: bool = True,
+                        **model_kwargs: Any) -> _Host:
         """Load a mask artifact from a folder or the Hub onto `model` and apply it (as `PeftModel.from_pretrained`).
 
         `model` is a model, or a name for `dean_hf.models.load_model` (then `model_kwargs`, e.g. `dtype`/

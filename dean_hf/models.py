@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import DeanError
+from .errors import DeanError, quote
 from .io import PICKLE_SUFFIXES, staged_files
 from .logging import get_logger
 
@@ -176,3 +176,56 @@ def _refuse_pickle_only(path: str) -> None:
     if pickles:
         raise DeanError(f"{path!r} holds only pickle-based weights {pickles}; dean_hf loads safetensors only, since "
                         "unpickling can run arbitrary code. Convert the checkpoint you trust to safetensors first.")
+
+
+# Sizes a config must give as positive integers (the names transformers' configs use).
+_POSITIVE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "vocab_size", "head_dim", "max_position_embeddings", "n_embd", "n_layer", "n_head", "n_positions",
+             "n_inner", "d_model", "ffn_dim", "num_layers")
+
+
+def check_config(config: Any) -> None:
+    """Every size of `config` a positive integer: its core sizes (`hidden_size`, `num_hidden_layers`, ...) and
+    any other `*_size` / `num_*` / `n_*` value that is set."""
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    for key, value in values.items():
+        if value is None or not (key in _POSITIVE or key.endswith("_size") or key.startswith(("num_", "n_"))):
+            continue
+        core = key in _POSITIVE
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < int(core):
+            raise DeanError(f"config {key}={quote(value, 60)}: expected a {'positive' if core else 'non-negative'} "
+                            "integer; fix the config.json.")
+
+
+def load_config(model: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
+    """A transformers config from a `config.json` file, a folder holding one, 'default', or a Hub id (online)."""
+    from transformers import AutoConfig
+
+    text = str(model)
+    path = Path(text)
+    if path.is_file():
+        from transformers import CONFIG_MAPPING
+
+        from .io import read_json
+
+        data = read_json(path, "model config")
+        if not isinstance(data, dict) or "model_type" not in data:
+            raise DeanError(f"{quote(text)} has no 'model_type': it is not a transformers config.json.")
+        if not isinstance(data["model_type"], str) or data["model_type"] not in CONFIG_MAPPING:
+            import transformers
+
+            raise DeanError(f"{quote(text)}: model_type={quote(data['model_type'], 60)} is not a model type "
+                            f"transformers {transformers.__version__} knows: fix it, or upgrade transformers.")
+        try:
+            return AutoConfig.for_model(**data)
+        except Exception as err:  # noqa: BLE001 - ValueError, TypeError or huggingface_hub's validation errors
+            raise DeanError(f"{quote(text)}: transformers refused the config ({type(err).__name__}: "
+                            f"{quote(' '.join(str(err).split()), 200)}); fix the config.json.") from None
+    if text.lower() in DEFAULT_ALIASES:
+        text = resolve_model_path(text)
+    _check_model_name(text)
+    try:
+        return AutoConfig.from_pretrained(text, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - OSError offline; ValueError, TypeError, validation errors for bad values
+        raise DeanError(f"could not read the config of {quote(text)} ({quote(' '.join(str(err).split()), 200)}): "
+                        "pass a local config.json or folder, or a Hub id while online.") from None

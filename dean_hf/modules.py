@@ -1,4 +1,4 @@
-"""One module-name resolver for the editor, scoring and the callback.
+"""One module-name resolver for the editor, scoring and the callback, and the layer types dean_hf scores.
 
 Mask and score files name modules as they are named in the plain transformers model
 (`model.layers.0.mlp.up_proj`). Users hold that model wrapped in other ways: `torch.compile` (`_orig_mod.`),
@@ -8,6 +8,7 @@ PEFT (`base_model.model.` and LoRA's `base_layer`), DistributedDataParallel (`mo
 
 from __future__ import annotations
 
+import inspect
 from typing import Iterable
 
 from torch import nn
@@ -49,6 +50,27 @@ def canonical_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part != "base_layer")
 
 
+def conv1d_class() -> type | None:
+    """transformers' GPT-2 style `Conv1D`, or None if transformers does not have it."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - every supported transformers has it
+        return None
+    return Conv1D
+
+
+def is_target_type(module: nn.Module) -> bool:
+    """True for the layer types dean_hf scores: `nn.Linear` and transformers' `Conv1D`."""
+    conv1d = conv1d_class()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' `Conv1D`, whose weight is stored (in_features, out_features)."""
+    conv1d = conv1d_class()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
 def _is_adapter_part(name: str) -> bool:
     return any(part.startswith(("lora_", "dean_")) for part in name.split("."))
 
@@ -57,8 +79,6 @@ def named_weight_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Every `nn.Linear` / `Conv1D` of `model` by canonical name, in model order, seen through wrappers.
 
     A PEFT LoRA layer is represented by its base layer; the adapters' own small layers are left out."""
-    from .targets import is_target_type
-
     found: dict[str, nn.Module] = {}
     for name, module in unwrap_model(model).named_modules():
         if _is_adapter_part(name) or not is_target_type(module):
@@ -96,6 +116,14 @@ def decoder_blocks(model: nn.Module) -> list[nn.Module]:
     named = [m for m in lists if type(m[0]).__name__ in classes]
     candidates = named or lists
     return list(max(candidates, key=len)) if candidates else []
+
+
+def keeps_logits(model: nn.Module) -> bool:
+    """Whether `model.forward` takes `logits_to_keep` (recent transformers causal LMs do)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def output_head(model: nn.Module) -> nn.Module | None:

@@ -1,11 +1,12 @@
-"""A memory plan for scoring and applying, from a model's config alone, before anything runs.
+"""`dean plan`: where to load a model and how to score it, from its config alone, before anything runs.
 
-The model is built on the meta device (accelerate's `init_empty_weights`: no memory), and one forward pass at the
-planned batch size and length is traced there: every tensor autograd saves for the backward pass and every input
-the scoring hooks hold is counted, by the layer that made it. Attention is counted as a fused kernel keeps it (no
-tokens x tokens matrix: the GPU and recent CPU kernels never store it). Weights, one set of fp32 accumulators, the
-loss's vocabulary-sized buffers and the largest per-module temporary complete the plan. Placement over devices is
-accelerate's `infer_auto_device_map`, with room kept for the accumulators and activations.
+The sizes are dean_hf/memory.py's (the arithmetic scoring shares); this module gives the advice, with one placement
+model: the device_map the plan shows is the one `AutoModelForCausalLM.from_pretrained(..., device_map='auto',
+max_memory=<the printed budgets>)` makes (transformers' balanced budgets, then accelerate's
+`infer_auto_device_map`), and `layers_per_pass` is the largest number of decoder layers whose accumulators fit, pass
+by pass, beside that map on every device. The budgets keep room for scoring: first for one whole pass with every
+weight on the accelerators; if that cannot be, for as many layers per pass as fit beside all the weights; and only
+where even one layer cannot, the weights that do not fit are offloaded (to the CPU, else to disk).
 """
 
 from __future__ import annotations
@@ -13,225 +14,117 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import defaultdict
+import warnings
+from collections import OrderedDict, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 from .errors import DeanError, quote
 from .logging import get_logger
-from .modules import decoder_blocks
-from .scoring.loss import _keeps_logits
-from .targets import TargetModules, find_target_modules, is_conv1d
+from .models import check_config, load_config  # noqa: F401 - re-exported: they lived here
+from .memory import (  # noqa: F401 - re-exported: the arithmetic lived here before dean_hf/memory.py
+    _DTYPES, _SNIP_BLOCK_ELEMENTS, GIB, OFFLOADED, MemoryEstimate, ScoringSizes, _dtype, _module_transient, _Trace,
+    auto_layers_per_pass, check_shape, device_of, estimate_scoring, layers_that_fit, measure_peak, meta_model,
+    scoring_sizes, trace_activations)
+from .targets import TargetModules
 
 logger = get_logger(__name__)
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# The per-sample gradient block of the SNIP scorer is at most this many fp32 elements (see scoring/scorers.py).
-_SNIP_BLOCK_ELEMENTS = 64 * 1024 * 1024
-GIB = 1024 ** 3
+MIB = 1024 ** 2
+_device_of = device_of
+# Memory of common single accelerators, GiB: the advice without max_memory names the smallest that fits.
+_GPU_SIZES = (16, 24, 40, 48, 80, 94, 141, 192)
+def parse_max_memory(text: str) -> dict[Union[int, str], str]:
+    """`--max-memory` text ('0=80GiB,1=80GiB,cpu=200GiB') as the `max_memory` mapping (checked by
+    `estimate_memory`)."""
+    out: dict[Union[int, str], str] = {}
+    for item in text.split(","):
+        key, sep, size = item.strip().partition("=")
+        if not sep or not key or not size:
+            raise DeanError(f"--max-memory {quote(item, 60)}: expected DEVICE=SIZE pairs, e.g. "
+                            "0=80GiB,1=80GiB,cpu=200GiB")
+        out[int(key) if key.isdigit() and len(key) <= 4 else key] = size
+    return out
 
 
-def _dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise DeanError(f"dtype={quote(dtype)}: expected one of {sorted(_DTYPES)}.")
-    return _DTYPES[dtype]
+def _parse_memory(max_memory: Optional[Mapping[Any, Any]]) -> Optional[dict[Union[int, str], int]]:
+    """Device -> bytes: GPU indices as ints, 'cpu', 'disk' and 'mps' as named; sizes as accelerate reads them."""
+    if max_memory is None:
+        return None
+    from accelerate.utils import convert_file_size_to_int
 
-
-def load_config(model: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
-    """A transformers config from a `config.json` file, a folder holding one, 'default', or a Hub id (online)."""
-    from transformers import AutoConfig
-
-    from .models import DEFAULT_ALIASES, _check_model_name, resolve_model_path
-
-    text = str(model)
-    path = Path(text)
-    if path.is_file():
-        from .io import read_json
-
-        data = read_json(path, "model config")
-        if "model_type" not in data:
-            raise DeanError(f"{quote(text)} has no 'model_type': it is not a transformers config.json.")
-        return AutoConfig.for_model(**data)
-    if text.lower() in DEFAULT_ALIASES:
-        text = resolve_model_path(text)
-    _check_model_name(text)
-    try:
-        return AutoConfig.from_pretrained(text, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise DeanError(f"could not read the config of {quote(text)} ({quote(str(err), 200)}): pass a local "
-                        "config.json or folder, or a Hub id while online.") from None
-
-
-def meta_model(config: Any, dtype: torch.dtype) -> nn.Module:
-    """The model of `config` with every weight on the meta device (no memory is allocated)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval()
+    out: dict[Union[int, str], int] = {}
+    for key, value in max_memory.items():
+        name = int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdigit() and len(key) <= 4) else key
+        gpu = isinstance(name, int) and not isinstance(name, bool) and 0 <= name < 10_000
+        if not (gpu or name in ("cpu", "disk", "mps")):
+            raise DeanError(f"max_memory device {quote(key, 60)}: expected a GPU index (0, 1, ...), 'cpu', 'disk' "
+                            "or 'mps'.")
+        try:
+            size = convert_file_size_to_int(value)
+        except (ValueError, TypeError, OverflowError):
+            size = None
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 < size < 2 ** 60:
+            raise DeanError(f"max_memory[{quote(key, 60)}]={quote(value, 60)}: expected a size from 1 byte to 1 EiB "
+                            "such as '80GiB'.")
+        out[name] = size
+    if not any(k not in OFFLOADED for k in out):
+        raise DeanError(f"max_memory names no accelerator ({sorted(map(str, out))}): add one, e.g. 0=80GiB.")
+    return out
 
 
 @dataclass
-class _Trace:
-    per_block: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # -1: outside the blocks
-    logits_elements: int = 0
+class MemoryPlan(MemoryEstimate):
+    """What scoring and applying a mask need, in bytes, per device, and where to load the model (see
+    `estimate_memory`): `max_memory` holds the budgets to load with (they give `device_map`), `memory_limits` the
+    devices' sizes the plan was asked for."""
 
-
-def trace_activations(model: nn.Module, targets: Mapping[str, nn.Module], batch_size: int, length: int,
-                      response_tokens: int) -> _Trace:
-    """Bytes that stay alive from the forward pass into the backward pass, per decoder block: tensors autograd
-    saves (parameters and buffers excluded) and the module inputs the scoring hooks hold; on a meta model."""
-    params = {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
-    blocks = decoder_blocks(model)
-    index = {id(b): i for i, b in enumerate(blocks)}
-    current = [-1]
-    counted: set[int] = set()
-    trace = _Trace()
-
-    def base(t: torch.Tensor) -> torch.Tensor:
-        while t._base is not None:
-            t = t._base
-        return t
-
-    def count(t: torch.Tensor) -> None:
-        b = base(t)
-        if id(b) in params or id(b) in counted or b.device.type != "meta":
-            return
-        counted.add(id(b))
-        keep.append(b)  # keep the object alive, so that its id is not reused by another tensor
-        shape = tuple(b.shape)
-        if len(shape) >= 2 and shape[-1] == shape[-2] == length and length > 1:
-            # tokens x tokens attention weights: a fused kernel keeps one fp32 log-sum-exp per row instead
-            trace.per_block[current[0]] += math.prod(shape[:-1]) * 4
-            return
-        trace.per_block[current[0]] += b.numel() * b.element_size()
-
-    keep: list[torch.Tensor] = []
-    handles = []
-
-    def enter(i: int):
-        def hook(module, args):
-            current[0] = i
-        return hook
-
-    def leave(module, args, output):
-        current[0] = -1
-
-    for block in blocks:
-        handles.append(block.register_forward_pre_hook(enter(index[id(block)])))
-        handles.append(block.register_forward_hook(leave))
-    for module in targets.values():
-        handles.append(module.register_forward_hook(lambda m, args, out: count(args[0])))
-    embeddings = model.get_input_embeddings()
-    handles.append(embeddings.register_forward_hook(lambda m, a, out: out.requires_grad_(True)))
-    ids = torch.zeros((batch_size, length), dtype=torch.long, device="meta")
-    # A 4-D mask keeps transformers' mask preparation (which reads values) out of the meta pass.
-    mask = torch.ones((batch_size, 1, length, length), dtype=torch.bool, device="meta")
-    positions = torch.arange(length - response_tokens - 1, length - 1, device="meta")
-    kwargs = {"logits_to_keep": positions} if _keeps_logits(model) else {}
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: (count(t), t)[1], lambda t: t):
-            with torch.enable_grad():
-                out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
-    except Exception as err:  # noqa: BLE001 - an architecture whose forward reads values cannot be traced
-        raise DeanError(f"{type(model).__name__} cannot be traced on the meta device ({type(err).__name__}: "
-                        f"{quote(str(err), 200)}); its memory cannot be planned from the config alone.") from None
-    finally:
-        for handle in handles:
-            handle.remove()
-    trace.logits_elements = out.logits.numel()
-    return trace
-
-
-def _module_transient(module: nn.Module, batch_size: int, length: int) -> int:
-    """Bytes of the SNIP scorer's temporaries for one module: fp32 copies of its input and output gradient and
-    the per-sample gradient block."""
-    shape = tuple(module.weight.shape)
-    in_f, out_f = (shape[0], shape[1]) if is_conv1d(module) else (shape[1], shape[0])
-    numel = in_f * out_f
-    per_block = max(1, _SNIP_BLOCK_ELEMENTS // max(1, numel))
-    return 4 * (batch_size * length * (in_f + out_f) + min(batch_size, per_block) * numel)
-
-
-@dataclass
-class MemoryPlan:
-    """What scoring and applying a mask need, in bytes, per device (see `estimate_memory`)."""
-
-    model: str
-    dtype: str
-    batch_size: int
-    max_length: int
-    num_parameters: int
-    num_target_weights: int
-    weights: dict[str, int]
-    accumulators: dict[str, int]
-    activations: dict[str, int]
-    transient: dict[str, int]
-    scoring_peak: dict[str, int]
-    apply_peak: dict[str, int]
     device_map: Optional[dict[str, Any]] = None
-    max_memory: Optional[dict[str, int]] = None
+    max_memory: Optional[dict[Union[int, str], int]] = None
+    memory_limits: Optional[dict[Union[int, str], int]] = None
     layers_per_pass: Optional[int] = None
     notes: list[str] = field(default_factory=list)
 
-    def total(self, part: str) -> int:
-        """The sum over devices of one part ('weights', 'scoring_peak', ...)."""
-        return sum(getattr(self, part).values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+    def load_arguments(self) -> str:
+        """The `from_pretrained` arguments that give `device_map` (sizes in whole MiB, exact)."""
+        budgets = {k: f"{v // MIB}MiB" for k, v in (self.max_memory or {}).items()}
+        return f"device_map='auto', max_memory={budgets}"
 
     def to_text(self) -> str:
-        """A table per device, in GiB, with the suggested placement."""
+        """A table per device, in GiB, with the placement and the advice."""
         def gib(n: int) -> str:
             return f"{n / GIB:.2f}"
 
+        parts = ("weights", "accumulators", "activations", "transient", "scoring_peak", "apply_peak")
         rows = [("device", "weights", "accumulators", "activations", "transient", "scoring peak", "apply peak")]
         for dev in self.weights:
-            rows.append((dev, gib(self.weights[dev]), gib(self.accumulators.get(dev, 0)),
-                         gib(self.activations.get(dev, 0)), gib(self.transient.get(dev, 0)),
-                         gib(self.scoring_peak[dev]), gib(self.apply_peak[dev])))
+            rows.append((dev, *(gib(getattr(self, p).get(dev, 0)) for p in parts)))
         if len(self.weights) > 1:
-            rows.append(("total", gib(self.total("weights")), gib(self.total("accumulators")),
-                         gib(self.total("activations")), gib(self.total("transient")), gib(self.total("scoring_peak")),
-                         gib(self.total("apply_peak"))))
+            rows.append(("total", *(gib(self.total(p)) for p in parts)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [f"Memory plan for {self.model} ({self.dtype}, batch {self.batch_size} x {self.max_length} tokens; "
                  f"{self.num_parameters / 1e9:.2f}B parameters, {self.num_target_weights / 1e9:.2f}B scored), GiB:"]
         lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
         if self.device_map is not None:
-            placed = defaultdict(int)
+            placed: dict[str, int] = defaultdict(int)
             for where in self.device_map.values():
                 placed[str(where)] += 1
-            lines.append("Suggested device_map (accelerate's infer_auto_device_map, room kept for scoring): "
-                         + ", ".join(f"{n} module group(s) on {d}" for d, n in placed.items()))
-            lines.append("  load with: AutoModelForCausalLM.from_pretrained(..., device_map='auto', "
-                         f"max_memory={ {k: f'{v / GIB:.0f}GiB' for k, v in (self.max_memory or {}).items()} })")
-        if self.layers_per_pass:
-            lines.append(f"One set of accumulators does not fit beside the model: score with "
-                         f"layers_per_pass={self.layers_per_pass}.")
+            groups = ", ".join(f"{n} module group(s) on {d}" for d, n in placed.items())
+            lines.append("device_map (what from_pretrained makes with the arguments below: accelerate's "
+                         f"infer_auto_device_map): {groups}")
+            lines.append(f"  load with: AutoModelForCausalLM.from_pretrained(..., {self.load_arguments()})  "
+                         "(budgets for the weights: the rest of each device is kept for scoring)")
+            if self.layers_per_pass is None:
+                lines.append("One set of accumulators fits beside the model: score in one pass (layers_per_pass=None).")
+            else:
+                lines.append(f"One set of accumulators does not fit beside the model: score with "
+                             f"layers_per_pass={self.layers_per_pass} (or layers_per_pass='auto', which reads the "
+                             "GPUs' free memory when scoring starts).")
         lines += self.notes
         return "\n".join(lines)
-
-
-def _parse_memory(max_memory: Optional[Mapping[Any, Any]]) -> Optional[dict[Any, int]]:
-    if max_memory is None:
-        return None
-    from accelerate.utils import convert_file_size_to_int
-
-    out = {}
-    for key, value in max_memory.items():
-        try:
-            out[int(key) if str(key).isdigit() else str(key)] = convert_file_size_to_int(value)
-        except (ValueError, TypeError):
-            raise DeanError(f"max_memory[{key!r}]={quote(value)}: expected a size such as '80GiB'.") from None
-    return out
 
 
 def estimate_memory(model: Union[str, os.PathLike, Any], *, dtype: Union[str, torch.dtype] = "bfloat16",
@@ -242,209 +135,222 @@ def estimate_memory(model: Union[str, os.PathLike, Any], *, dtype: Union[str, to
     from a model's config alone: `model` is a config, a `config.json` path or folder, 'default', or a Hub id.
 
     `response_tokens` is the number of positions the loss reads per sample (default: all of `max_length`).
-    With `max_memory` ({0: "80GiB", 1: "80GiB", "cpu": "200GiB"}), the plan places the model with accelerate's
-    `infer_auto_device_map`, keeping room on each device for its accumulators and activations, and says how
-    many layers to score per pass if even one set of accumulators cannot fit."""
-    for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DeanError(f"{name}={quote(value)}: expected a positive integer.")
+    With `max_memory` ({0: "80GiB", 1: "80GiB", "cpu": "200GiB"}: the devices' sizes), the plan gives the budgets
+    to load with, the device_map they make, and `layers_per_pass` for that map; without it, the smallest single GPU
+    that scores the model, and what to do below it."""
+    check_shape(batch_size, max_length)
     torch_dtype = _dtype(dtype)
+    limits = _parse_memory(max_memory)
     config = model if hasattr(model, "model_type") else load_config(model)
+    check_config(config)
     name = getattr(config, "_name_or_path", None) or (type(config).__name__ if hasattr(model, "model_type")
                                                       else str(model))
-    meta = meta_model(config, torch_dtype)
-    targets = find_target_modules(meta, target_modules)
-    response = max_length - 1 if response_tokens is None else min(int(response_tokens), max_length - 1)
-    trace = trace_activations(meta, targets, batch_size, max_length, max(2, response))
-    vocab = trace.logits_elements // max(1, batch_size * max(2, response))
-    element = torch.finfo(torch_dtype).bits // 8
-    logits_peak = trace.logits_elements * (element + (4 if element != 4 else 0) + 4)  # logits, fp32 copy, gradient
-    module_peak = max(_module_transient(m, batch_size, max_length) for m in targets.values())
-
-    blocks = decoder_blocks(meta)
-    block_of = {}
-    for i, block in enumerate(blocks):
-        for sub in block.modules():
-            block_of[id(sub)] = i
-    max_memory_int = _parse_memory(max_memory)
-    device_map = None
-    placement: dict[str, str] = {}
-    acc_ratio = _accumulator_ratio(meta, blocks, targets, element)
-    if max_memory_int:
-        device_map = _suggest_device_map(meta, max_memory_int, torch_dtype, acc_ratio, trace, logits_peak + module_peak)
-        for module_name, module in meta.named_modules():
-            placement[module_name] = _device_of(module_name, device_map)
-    devices = list(dict.fromkeys(placement.values())) if placement else ["device"]
-
-    def device_for(module_name: str) -> str:
-        return placement.get(module_name, devices[0]) if placement else "device"
-
-    weights: dict[str, int] = defaultdict(int)
-    accumulators: dict[str, int] = defaultdict(int)
-    for module_name, module in meta.named_modules():
-        own = sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
-        weights[device_for(module_name)] += own
-    for target_name, module in targets.items():
-        accumulators[device_for(_find_name(meta, module))] += module.weight.numel() * 4
-    activations: dict[str, int] = defaultdict(int)
-    accelerators = [d for d in devices if d not in ("cpu", "disk", "device")]
-
-    def runs_on(module_name: str) -> str:
-        """Where a module computes: offloaded modules (cpu/disk) run on the first accelerator, as accelerate
-        dispatches them; their activations and temporaries live there."""
-        dev = device_for(module_name)
-        return accelerators[0] if dev in ("cpu", "disk") and accelerators else dev
-
-    first = runs_on(_find_name(meta, meta.get_input_embeddings()))
-    head = meta.get_output_embeddings()
-    last = runs_on(_find_name(meta, head)) if head is not None else devices[-1]
-    block_device = [runs_on(_find_name(meta, b)) for b in blocks]
-    for i, nbytes in trace.per_block.items():
-        activations[block_device[i] if i >= 0 and i < len(block_device) else first] += nbytes
-    transient: dict[str, int] = defaultdict(int)
-    transient[last] = max(transient[last], logits_peak)
-    for target_name, module in targets.items():
-        dev = runs_on(_find_name(meta, module))
-        transient[dev] = max(transient[dev], module_peak if dev != last else max(logits_peak, module_peak))
-    all_devices = list(dict.fromkeys(list(weights) + list(activations) + list(transient)))
-    scoring_peak = {d: weights[d] + accumulators[d] + activations[d] + transient[d] for d in all_devices}
-    # Applying a mask holds the weights and, per masked entry, its index and original value (a few MiB at most).
-    apply_peak = {d: weights[d] for d in all_devices}
-    plan = MemoryPlan(model=str(name), dtype=str(torch_dtype).replace("torch.", ""), batch_size=batch_size,
-                      max_length=max_length, num_parameters=sum(p.numel() for p in meta.parameters()),
-                      num_target_weights=sum(m.weight.numel() for m in targets.values()),
-                      weights={d: weights[d] for d in all_devices}, accumulators={d: accumulators[d] for d in all_devices},
-                      activations={d: activations[d] for d in all_devices},
-                      transient={d: transient[d] for d in all_devices}, scoring_peak=scoring_peak,
-                      apply_peak=apply_peak, device_map=device_map,
-                      max_memory={str(k): v for k, v in max_memory_int.items()} if max_memory_int else None)
-    if vocab:
-        plan.notes.append(f"The loss holds {trace.logits_elements / 1e6:.1f}M logits ({vocab} per position) at once; "
-                          "fewer response tokens per batch lower the transient column.")
-    if max_memory_int:
-        plan.layers_per_pass = _layers_per_pass(plan, max_memory_int, blocks, targets, meta)
+    meta, sizes = _sized(config, str(name), torch_dtype, batch_size, max_length, response_tokens, target_modules)
+    plan = _place(meta, sizes, limits) if limits else _single_device(sizes)
+    if sizes.logits_elements:
+        plan.notes.append(f"The loss holds {sizes.logits_elements / 1e6:.1f}M logits ({_vocab(meta)} per position) "
+                          "at once; fewer response tokens per batch lower the transient column.")
     return plan
 
 
-def _accumulator_ratio(meta: nn.Module, blocks: list[nn.Module], targets: Mapping[str, nn.Module],
-                       element: int) -> float:
-    """The largest ratio, over decoder blocks, of a block's fp32 accumulators to its weights: the room a device
-    needs per byte of weights placed on it."""
-    target_ids = {id(m) for m in targets.values()}
-    ratios = []
-    for block in blocks or [meta]:
-        weights = sum(p.numel() * element for p in block.parameters())
-        acc = sum(4 * m.weight.numel() for m in block.modules() if id(m) in target_ids)
-        ratios.append(acc / max(1, weights))
-    return max(ratios)
+# The last models built and traced (on the meta device: no memory), so that plans for several sets of devices
+# build each model once.
+_SIZED: OrderedDict[tuple, tuple[nn.Module, ScoringSizes]] = OrderedDict()
 
 
-def _find_name(model: nn.Module, module: nn.Module) -> str:
-    for name, m in model.named_modules():
-        if m is module:
-            return name
-    return ""
+def _sized(config: Any, name: str, dtype: torch.dtype, batch_size: int, max_length: int,
+           response_tokens: Optional[int], target_modules: TargetModules) -> tuple[nn.Module, ScoringSizes]:
+    try:
+        text = config.to_json_string(use_diff=False)
+    except (AttributeError, TypeError, ValueError):
+        text = None
+    key = (text, name, str(dtype), batch_size, max_length, response_tokens,
+           target_modules if isinstance(target_modules, str) else tuple(target_modules))
+    if text is not None and key in _SIZED:
+        _SIZED.move_to_end(key)
+        return _SIZED[key]
+    meta = meta_model(config, dtype)
+    sizes = scoring_sizes(meta, name=name, dtype=dtype, batch_size=batch_size, max_length=max_length,
+                          response_tokens=response_tokens, target_modules=target_modules)
+    if text is not None:
+        _SIZED[key] = (meta, sizes)
+        while len(_SIZED) > 2:
+            _SIZED.popitem(last=False)
+    return meta, sizes
 
 
-def _device_of(module_name: str, device_map: Mapping[str, Any]) -> str:
-    best, where = -1, None
-    for prefix, dev in device_map.items():
-        if prefix == "" or module_name == prefix or module_name.startswith(prefix + "."):
-            if len(prefix) > best:
-                best, where = len(prefix), dev
-    return str(where) if where is not None else "cpu"
+def _vocab(meta: nn.Module) -> int:
+    head = meta.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None and getattr(head, "weight", None) is not None else 0
 
 
-def _suggest_device_map(meta: nn.Module, max_memory: dict[Any, int], dtype: torch.dtype, acc_ratio: float,
-                        trace: _Trace, transient: int) -> dict[str, Any]:
-    """accelerate's `infer_auto_device_map`, with each device's budget shrunk so that the weights placed there
-    leave room for their fp32 accumulators and activations."""
+def _held(sizes: ScoringSizes, device_map: Optional[Mapping[str, Any]]) -> dict[Optional[int], dict[str, int]]:
+    """Accumulator bytes by decoder layer (None: modules outside the layers) and by the device that keeps them
+    (the CPU for offloaded modules, as the scorer keeps them)."""
+    held: dict[Optional[int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for n, nbytes in sizes.accumulators.items():
+        dev = device_of(n, device_map)
+        held[sizes.layer_of.get(n)]["cpu" if dev in OFFLOADED else dev] += nbytes
+    return held
+
+
+def _most_per_pass(held: Mapping[Optional[int], Mapping[str, int]], k: Optional[int]) -> dict[str, int]:
+    """Per device, the accumulators of the pass that holds the most there, with the passes the scoring engine makes
+    for `layers_per_pass=k` (None: one pass; else k layers at a time, then the modules outside the layers)."""
+    layers = sorted(layer for layer in held if layer is not None)
+    passes = [list(held)] if k is None else [layers[i:i + k] for i in range(0, len(layers), k)] + [[None]]
+    most: dict[str, int] = defaultdict(int)
+    for chunk in passes:
+        total: dict[str, int] = defaultdict(int)
+        for layer in chunk:
+            for dev, nbytes in held.get(layer, {}).items():
+                total[dev] += nbytes
+        for dev, nbytes in total.items():
+            most[dev] = max(most[dev], nbytes)
+    return dict(most)
+
+
+def _layers_per_pass(plan: MemoryEstimate, held: Mapping[Optional[int], Mapping[str, int]],
+                     limits: Mapping[str, int]) -> tuple[Optional[int], dict[str, int]]:
+    """(None: one pass fits; k: the most layers per pass that fit; 0: not even one) and the accumulators per device
+    of the fullest pass at that k (at k=1 when none fits), against `limits` (device -> bytes; 'disk' has none)."""
+    def fits(most: Mapping[str, int]) -> bool:
+        return all(plan.weights.get(d, 0) + plan.activations.get(d, 0) + plan.transient.get(d, 0) + most.get(d, 0)
+                   <= v for d, v in limits.items() if d != "disk")
+
+    most = _most_per_pass(held, None)
+    if fits(most):
+        return None, most
+    for k in range(sum(layer is not None for layer in held), 0, -1):
+        most = _most_per_pass(held, k)
+        if fits(most):
+            return k, most
+    return 0, most
+
+
+def _with_pass(plan: MemoryPlan, most: Mapping[str, int]) -> MemoryPlan:
+    """The plan's accumulators and scoring peak as the fullest pass holds them."""
+    plan.accumulators = {d: most.get(d, 0) for d in plan.weights}
+    plan.scoring_peak = {d: plan.weights[d] + plan.accumulators[d] + plan.activations[d] + plan.transient[d]
+                         for d in plan.weights}
+    return plan
+
+
+def _balanced(meta: nn.Module, budget: Mapping[Any, int], no_split: list[str]) -> dict[Any, int]:
+    """The budgets from_pretrained(device_map='auto') gives accelerate for `budget` (transformers' balanced
+    memory), in whole MiB: balancing them again changes nothing, so printing them is exact."""
+    try:
+        from transformers.integrations.accelerate import get_balanced_memory
+    except ImportError:  # pragma: no cover - older transformers used accelerate's
+        from accelerate.utils import get_balanced_memory
+    balanced = get_balanced_memory(meta, max_memory=dict(budget), no_split_module_classes=no_split)
+    return {k: int(v) // MIB * MIB for k, v in balanced.items()}
+
+
+def _device_map(meta: nn.Module, budget: Mapping[Any, int], no_split: list[str]) -> dict[str, Any]:
     from accelerate import infer_auto_device_map
 
-    activations = sum(trace.per_block.values())
-    accelerators = [k for k in max_memory if k not in ("cpu", "disk")]
-    share = (activations + transient) / max(1, len(accelerators))
-    budget = {}
-    for key, value in max_memory.items():
-        room = value - share if key in accelerators else value
-        budget[key] = max(0, int(room / (1 + acc_ratio)))
-    no_split = getattr(meta, "_no_split_modules", None) or []
+    return infer_auto_device_map(meta, max_memory=dict(budget), no_split_module_classes=no_split)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Planning for devices this machine does not have is the point: accelerate's warnings about them (and
+    its advice on a trial map's offloaded buffers) are not the user's."""
     quiet = logging.getLogger("accelerate.utils.modeling")
     level = quiet.level
-    quiet.setLevel(logging.ERROR)  # planning for devices this machine does not have is the point
+    quiet.setLevel(logging.ERROR)
     try:
-        return infer_auto_device_map(meta, max_memory=budget, no_split_module_classes=list(no_split), dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
     finally:
         quiet.setLevel(level)
 
 
-def _layers_per_pass(plan: MemoryPlan, max_memory: dict[Any, int], blocks: list[nn.Module],
-                     targets: Mapping[str, nn.Module], meta: nn.Module) -> Optional[int]:
-    """None when one set of accumulators fits beside the model; else the number of decoder layers to score per
-    pass so that their accumulators fit in what the weights and activations leave free."""
-    capacity = sum(v for k, v in max_memory.items() if k != "disk")
-    needed = plan.total("scoring_peak")
-    if needed <= capacity or not blocks:
-        return None
-    free = capacity - plan.total("weights") - plan.total("activations") - max(plan.transient.values())
-    per_layer = plan.total("accumulators") / len(blocks)
-    if free < per_layer:
-        plan.notes.append("Even one layer's accumulators do not fit beside the model: add devices or offload "
-                          "weights to the CPU (the hooks need activations, not weights).")
-        return 1
-    return max(1, int(free // per_layer))
+def _place(meta: nn.Module, sizes: ScoringSizes, limits: dict[Union[int, str], int]) -> MemoryPlan:
+    """The plan on the devices of `limits`: budgets, the device_map they give, and layers_per_pass for it."""
+    no_split = list(getattr(meta, "_no_split_modules", None) or [])
+    named = {str(k): v for k, v in limits.items()}
+    accelerators = [k for k in limits if k not in OFFLOADED]
+    rest = (sum(sizes.activations.values()) + max(sizes.logits_peak, sizes.module_peak)) / len(accelerators)
+    one_layer = max(_most_per_pass(_held(sizes, None), 1).values())
+    blocks = [sum(v for n, v in sizes.module_weights.items() if n.startswith(b + ".")) for b in sizes.block_names]
+    ratio = sum(sizes.accumulators.values()) / max(1, sum(sizes.module_weights.values()))  # per byte of weights
+    # accelerate keeps room for the largest layer on the first GPU (to load offloaded ones into): a budget that
+    # should hold every weight gets that much on top, which stays unused when nothing is offloaded.
+    reserve = max(blocks + list(sizes.module_weights.values())) + MIB
+    with _quiet():
+        for one_pass in (True, False):
+            room = {k: reserve + ((v - rest) / (1 + ratio) if one_pass else v - rest - one_layer)
+                    for k, v in limits.items()}
+            budget = {k: max(0, int(room[k])) if k in accelerators else v for k, v in limits.items()}
+            for _ in range(16):
+                load = _balanced(meta, budget, no_split)
+                device_map = _device_map(meta, load, no_split)
+                plan = estimate_scoring(sizes, device_map, cls=MemoryPlan, main=str(accelerators[0]))
+                k, most = _layers_per_pass(plan, _held(sizes, device_map), named)
+                where = {str(d) for d in device_map.values()}
+                offloaded = sorted(where & set(OFFLOADED))
+                if one_pass and (offloaded or k is not None):
+                    break  # a pass with every accumulator needs weights offloaded: keep the weights instead
+                if k != 0 and where - set(OFFLOADED):  # it fits, and the accelerators hold weights
+                    plan = _with_pass(plan, most)
+                    plan.device_map, plan.max_memory, plan.memory_limits = dict(device_map), load, dict(limits)
+                    plan.layers_per_pass = k
+                    plan.notes += _placement_notes(sizes, k, offloaded, "cpu" in limits)
+                    return plan
+                peak = {d: plan.weights.get(d, 0) + plan.activations.get(d, 0) + plan.transient.get(d, 0)
+                        + most.get(d, 0) for d in named}
+                over = {key: peak[str(key)] - v for key, v in limits.items() if key != "disk"}
+                if not any(x > 0 for x in over.values()):
+                    break
+                for key, x in over.items():
+                    if x > 0:
+                        budget[key] = max(0, budget[key] - x - MIB)
+    plan = _single_device(sizes, advice=False)
+    plan.memory_limits = dict(limits)
+    plan.notes.append(f"Scoring does not fit in {_sizes_text(limits)}, not even one layer per pass with the other "
+                      "weights offloaded: lower --batch-size or --max-length, or add devices.")
+    return plan
 
 
-def measure_peak(fn: Any, device: Union[str, torch.device] = "cpu") -> tuple[Any, int]:
-    """Run `fn()` and return (its result, the peak bytes of tensor memory while it ran) on `device`, to check a
-    plan: on CUDA `torch.cuda.max_memory_allocated`; on the CPU torch's memory profiler (its timeline counts the
-    tensors the run allocates or reads, the weights included)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        result = fn()
-        torch.cuda.synchronize(device)
-        return result, torch.cuda.max_memory_allocated(device)
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import MemoryProfileTimeline
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        result = fn()
-    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(device)
-    return result, int(max((sum(row) for row in sizes), default=0))
+def _placement_notes(sizes: ScoringSizes, k: Optional[int], offloaded: list[str], cpu_planned: bool) -> list[str]:
+    notes = []
+    if k is not None:
+        notes.append(f"The accumulators column is the fullest pass; one whole set is "
+                     f"{sum(sizes.accumulators.values()) / GIB:.2f} GiB.")
+    if offloaded:
+        notes.append("The weights do not all fit on the accelerators: the rest are offloaded "
+                     f"({', '.join(offloaded)}); "
+                     "their layers compute on the first GPU and their accumulators are kept in CPU RAM"
+                     + ("." if cpu_planned else " (add cpu=SIZE to plan it)."))
+    return notes
 
 
-def auto_layers_per_pass(model: nn.Module, *, batch_size: int, max_length: int, response_tokens: int,
-                         target_modules: TargetModules = "all-linear", margin: float = 0.9) -> Optional[int]:
-    """`layers_per_pass` for scoring `model` where it is now: None when one set of accumulators fits in the free
-    memory of its accelerators (or it runs on the CPU), else how many decoder layers fit per pass, from the plan
-    of its config at this batch size and length."""
-    devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
-    config = getattr(model, "config", None)
-    if not devices or config is None:
-        return None
-    dtype = next(p.dtype for p in model.parameters() if p.device.type == "cuda")
-    plan = estimate_memory(config, dtype=dtype, batch_size=batch_size, max_length=max_length,
-                           response_tokens=response_tokens, target_modules=target_modules)
-    layers = len(decoder_blocks(model)) or 1
-    # A pass holds contiguous layers, whose accumulators live on those layers' own GPU: every GPU must hold a
-    # pass's share, so the tightest one decides (activations and temporaries counted on each, conservatively).
-    fits = [layers_that_fit(plan, torch.cuda.mem_get_info(d)[0] * margin, layers, per_device=len(devices))
-            for d in sorted(devices, key=str)]
-    return None if all(k is None for k in fits) else min(k for k in fits if k is not None)
+def _up(nbytes: float) -> str:
+    """GiB rounded up to a tenth: a size to buy or set aside is never printed below what is needed."""
+    return f"{math.ceil(nbytes / GIB * 10) / 10:.1f}"
 
 
-def layers_that_fit(plan: MemoryPlan, free: float, layers: int, per_device: int = 1) -> Optional[int]:
-    """None when the plan's accumulators (split over `per_device` devices), activations and temporaries fit in
-    `free` bytes of one device (beside the weights, already loaded), else how many of the `layers` decoder
-    layers' accumulators fit per pass on it."""
-    rest = plan.total("activations") + max(plan.transient.values())
-    if plan.total("accumulators") / per_device + rest <= free:
-        return None
-    per_layer = plan.total("accumulators") / layers
-    if free - rest < per_layer:
-        raise DeanError(f"even one decoder layer's accumulators ({per_layer / GIB:.1f} GiB) do not fit in the "
-                        f"{free / GIB:.1f} GiB free beside the model: offload weights to the CPU (device_map with "
-                        "'cpu'), lower batch_size or max_length, or add devices (see `dean plan`).")
-    return max(1, int((free - rest) // per_layer))
+def _sizes_text(limits: Mapping[Any, int]) -> str:
+    return ", ".join(f"{k}={v / GIB:.0f}GiB" for k, v in limits.items())
+
+
+def _single_device(sizes: ScoringSizes, advice: bool = True) -> MemoryPlan:
+    """The plan on one device, with the smallest single GPU that scores the model and what to do below it."""
+    plan = estimate_scoring(sizes, cls=MemoryPlan)
+    if not advice:
+        return plan
+    one = plan.total("scoring_peak")
+    least = plan.total("scoring_peak") - plan.total("accumulators") + _most_per_pass(_held(sizes, None), 1)["device"]
+    common = next((g for g in _GPU_SIZES if g * GIB >= one), None)
+    smallest = f" (the smallest common size: {common} GiB)." if common else "."
+    lines = [f"One GPU of {_up(one)} GiB or more scores it in one pass{smallest}"]
+    if least < one:
+        lines.append(f"From {_up(least)} GiB, score a few layers per pass (layers_per_pass='auto'); "
+                     "`--max-memory 0=SIZE` gives the number for a GPU.")
+    lines.append(f"Below {_up(least)} GiB, offload weights: plan with `--max-memory 0=GPU_SIZE,cpu=RAM_SIZE` "
+                 "(or several GPUs: 0=..,1=..) for the device_map and layers_per_pass.")
+    plan.notes += lines
+    return plan

@@ -8,6 +8,8 @@ from typing import Sequence, Union
 from torch import nn
 
 from .errors import DeanError
+from .modules import conv1d_class, is_conv1d, is_target_type  # noqa: F401 - re-exported: the layer types scored
+from .modules import named_weight_modules, output_head
 
 TargetModules = Union[str, Sequence[str]]
 
@@ -19,27 +21,6 @@ _GROUPS = {
 _GROUPS["attention"] = _GROUPS["self_attn"]
 _GROUPS["attn"] = _GROUPS["self_attn"]
 SPECIAL = ("all-linear", *_GROUPS)
-
-
-def conv1d_class() -> type | None:
-    """transformers' GPT-2 style `Conv1D`, or None if transformers does not have it."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - every supported transformers has it
-        return None
-    return Conv1D
-
-
-def is_target_type(module: nn.Module) -> bool:
-    """True for the layer types dean_hf scores: `nn.Linear` and transformers' `Conv1D`."""
-    conv1d = conv1d_class()
-    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """True for transformers' `Conv1D`, whose weight is stored (in_features, out_features)."""
-    conv1d = conv1d_class()
-    return conv1d is not None and isinstance(module, conv1d)
 
 
 def _output_head_names(modules: dict[str, nn.Module], head: nn.Module | None) -> set[str]:
@@ -76,8 +57,6 @@ def find_target_modules(model: nn.Module, target_modules: TargetModules = "all-l
         except re.error as err:
             raise DeanError(f"target_modules={target_modules!r} is not a valid regex ({err}); "
                             f"use one of {SPECIAL}, a list of name suffixes, or a regex.") from None
-    from .modules import named_weight_modules, output_head
-
     linear_modules = named_weight_modules(model)
     heads = _output_head_names(linear_modules, output_head(model))
     found: dict[str, nn.Module] = {}

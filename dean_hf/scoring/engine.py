@@ -241,7 +241,7 @@ def score_importance(
     rank, world = _distributed(distributed)
     shard = list(range(rank, len(data), world))
     if layers_per_pass == "auto":  # from the memory plan and the accelerators' free memory (None on the CPU)
-        from ..plan import auto_layers_per_pass
+        from ..memory import auto_layers_per_pass
 
         longest = max(len(ids) for ids, _ in data)
         response = max(sum(label != -100 for label in labels) for _, labels in data)

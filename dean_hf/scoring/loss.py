@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional
 
 import torch
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DeanError
+from ..modules import keeps_logits as _keeps_logits
 
 # Logit elements the fused loss works through at a time (16 MiB of fp32). Its passes over a chunk are in place
 # in the gradient buffer; the only other temporaries are one value per row.
@@ -105,14 +105,6 @@ def _align(logits: torch.Tensor, labels: torch.Tensor, positions: Optional[torch
 def _mean_per_sample(nll: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     counts = (targets != -100).sum(1)
     return nll.view(targets.shape).sum(1) / counts
-
-
-def _keeps_logits(model: nn.Module) -> bool:
-    """Whether `model.forward` takes `logits_to_keep` (recent transformers causal LMs do)."""
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class _FusedTokenNLL(torch.autograd.Function):
