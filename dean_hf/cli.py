@@ -13,6 +13,17 @@ DATA_HELP = ("NAME=SOURCE, repeatable. SOURCE is a CSV or JSONL file, a saved `d
              "with prompt/response columns; 'embedded:fairness' (privacy, general) names the data shipped with dean_hf.")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with no abbreviated options (`--q` is never read as `--quiet`) and one-line errors."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # argparse's usage + error (2-11 lines) becomes one line, exit status 2
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -31,6 +42,26 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
+    return value
+
+
+def _count_or_all(text: str):
+    """--eval-n: 'all' or a positive number of questions."""
+    return "all" if text == "all" else _positive(text)
+
+
+def _auto_or_positive(text: str):
+    """--batch-size of generation: 'auto' or a positive number."""
+    return "auto" if text == "auto" else _positive(text)
 
 
 def _named_sources(items: Sequence[str]) -> dict[str, str]:
@@ -138,7 +169,13 @@ def cmd_select(args) -> None:
     from .pipeline import mask_and_config
     from .scoring import ImportanceScores
 
+    from .hub import _holds_model
+
+    _check_out(args.out)
     check_writable(args.out, "--out")
+    if not args.overwrite and _holds_model(Path(args.out)):
+        raise DeanError(f"--out {str(args.out)!r} holds a model (config.json or weight files): the mask's files would "
+                        "be added to it. Pick an empty or new folder, or pass --overwrite.")
     folder = Path(args.scores)
     names = [n for n in args.targets.split(",") if n]
     load = lambda n: ImportanceScores.load(folder / f"{n}.safetensors", lazy=True)  # noqa: E731
@@ -147,6 +184,9 @@ def cmd_select(args) -> None:
     config = DeanConfig(q=args.q, p=args.p, target_datasets=names, general_dataset=args.general or None,
                         legacy=args.legacy)
     mask, config = mask_and_config(targets, general, config, general_name=args.general or None)
+    if not mask.num_masked and not args.allow_empty:
+        raise DeanError(f"the selection masks {fraction_text(mask)} weights at q={args.q:g}, p={args.p:g}: raise --q (or lower --p) until the fairness and privacy top "
+                        "sets overlap outside the general one, or pass --allow-empty to write an empty mask.")
     save_artifact(args.out, config, mask)
     print(f"masked {fraction_text(mask)} -> {args.out}")
     print("per layer: " + ", ".join(f"{k}: {v}" for k, v in sorted(mask.counts_per_layer().items(),
@@ -159,6 +199,14 @@ def cmd_apply(args) -> None:
     from .hub import check_merged_target, render_card, save_merged
     from .models import resolve_model_path
 
+    from .hub import load_artifact, resolve_artifact
+
+    _check_out(args.out)
+    mask_folder = resolve_artifact(args.mask)  # the mask is checked first: before minutes of loading
+    load_artifact(mask_folder)
+    if _same_or_inside(args.out, mask_folder):
+        raise DeanError(f"--out {str(args.out)!r} is the mask's folder (or inside it): the edited model would be "
+                        "written over the mask and its card. Pick another folder.")
     source = resolve_model_path(args.model)
     check_merged_target(args.out, source=source, overwrite=args.overwrite)  # before minutes of loading
     model, tokenizer = _load(args)
@@ -168,6 +216,16 @@ def cmd_apply(args) -> None:
     merged = editor.merge_and_unload()
     save_merged(merged, args.out, tokenizer=tokenizer, card=card, source=source, overwrite=args.overwrite)
     print(f"edited model ({mask.num_masked} weights zeroed) -> {args.out}")
+
+
+def _check_out(out: str) -> None:
+    if not str(out).strip():
+        raise DeanError("--out '' names no folder (it would write into the current one): give a folder name.")
+
+
+def _same_or_inside(out: str, folder) -> bool:
+    dst, src = Path(out).resolve(), Path(folder).resolve()
+    return dst == src or src in dst.parents
 
 
 def cmd_push(args) -> None:
@@ -200,7 +258,7 @@ def cmd_eval(args) -> None:
     from .provenance import environment
 
     check_writable(args.out, "--out")
-    eval_n = None if args.eval_n in (None, "all") else _positive(args.eval_n)
+    eval_n = None if args.eval_n in (None, "all") else args.eval_n
     questions = embedded_questions()
     if args.questions:  # every question file is read (and checked) before the model is loaded
         questions = {n: load_records(s, prompt_column=args.prompt_column, response_column=None,
@@ -211,7 +269,7 @@ def cmd_eval(args) -> None:
     judge = _get_judge(args)
     model, tokenizer = _load(args)
     batch = generation_batch_size(model, args.max_new_tokens) if args.batch_size == "auto" else \
-        _positive(args.batch_size)
+        args.batch_size
     chat = args.prompt_format == "chat"
     start = time.perf_counter()
     settings = {"questions": {d: len(q) for d, q in questions.items()}, "max_new_tokens": args.max_new_tokens,
@@ -331,8 +389,8 @@ def cmd_tune(args) -> None:
     judge = _get_judge(args)
     model, tokenizer = _load(args)
     batch = generation_batch_size(model, args.max_new_tokens) if args.batch_size == "auto" else \
-        _positive(args.batch_size)
-    dev_size = _positive(args.dev_size)
+        args.batch_size
+    dev_size = args.dev_size
     print(f"{len(settings)} trials on {dev_size} development questions per dimension")
     data = tune(model, tokenizer, sources, questions, args.out, space=space,
                 objective=Objective(max_perplexity_increase=args.max_perplexity_increase), dev_size=dev_size,
@@ -364,8 +422,8 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dean", description="DEAN coupled-neuron editing for Hugging Face causal LMs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="dean", description="DEAN coupled-neuron editing for Hugging Face causal LMs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("score", help="score a model's weights on named data sets (cached)")
     _model_options(p)
@@ -398,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p", type=_fraction, default=5e-7, help="top fraction of the general set (paper: 5e-7)")
     p.add_argument("--legacy", action="store_true", help="reproduce the reference code's position-wise AND (a defect)")
     p.add_argument("--out", default="mask", help="output folder for the artifact")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to be a folder that holds a model")
+    p.add_argument("--allow-empty", action="store_true", help="write the mask even if it masks no weight")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no library logging below errors")
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("apply", help="apply a mask and save the merged checkpoint with its model card")
@@ -408,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                          "mask's base model")
     p.add_argument("--overwrite", action="store_true", help="allow --out to be the base model's folder or a folder "
                                                             "that holds a model (its files are replaced)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no library logging below errors")
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("push", help="push a mask artifact or an edited checkpoint to the Hub (one commit)")
@@ -416,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, help="Hub repo id, user/name")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no library logging below errors")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("eval", help="awareness (and before/after with --mask), perplexity, report")
@@ -423,14 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", default=None, help="mask artifact: evaluate before and after it")
     p.add_argument("--questions", action="append", default=[], help="DIMENSION=SOURCE of questions (default: embedded)")
     p.add_argument("--prompt-column", default="prompt", help="column holding the questions")
-    p.add_argument("--eval-n", "--n", dest="eval_n", default="all", help="questions per dimension: 'all' (default) "
+    p.add_argument("--eval-n", "--n", dest="eval_n", default="all", type=_count_or_all, help="questions per dimension: 'all' (default) "
                                                                            "or a number (drawn with --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the question draw")
     p.add_argument("--prompt-format", choices=["chat", "raw"], default="chat",
                    help="the question in the model's chat template (default), or bare, as the reference code did")
     _judge_options(p)
     p.add_argument("--max-new-tokens", type=_positive, default=64, help="tokens generated per answer")
-    p.add_argument("--batch-size", default="auto", help="questions per generation batch: 'auto' (chosen from memory) "
+    p.add_argument("--batch-size", default="auto", type=_auto_or_positive, help="questions per generation batch: 'auto' (chosen from memory) "
                                                         "or a number")
     p.add_argument("--out", default="eval_report", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -443,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "the contrastive variant)")
     p.add_argument("--questions", action="append", required=True, help="DIMENSION=SOURCE of evaluation questions")
     p.add_argument("--prompt-column", default="prompt", help="column holding the questions")
-    p.add_argument("--dev-size", default="150", help="development questions per dimension (the rest is the test part)")
+    p.add_argument("--dev-size", default=150, type=_positive, help="development questions per dimension (the rest is the test part)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of the scoring draws")
     p.add_argument("--qs", default="1e-4,1e-3,1e-2", help="q values tried")
     p.add_argument("--ps", default=None, help="p values tried (default: p = q)")
@@ -452,10 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", default="0.5", help="factors tried by the scale variant")
     p.add_argument("--scorers", default="snip", help="scorers tried (snip, wanda)")
     p.add_argument("--ns", default="128", help="scoring samples per data set tried")
-    p.add_argument("--max-perplexity-increase", type=float, default=0.03, help="the objective's constraint")
+    p.add_argument("--max-perplexity-increase", type=_nonnegative_float, default=0.03,
+                   help="the objective's constraint")
     _judge_options(p)
     p.add_argument("--max-new-tokens", type=_positive, default=64, help="tokens generated per answer")
-    p.add_argument("--batch-size", default="auto", help="generation batch: 'auto' or a number")
+    p.add_argument("--batch-size", default="auto", type=_auto_or_positive, help="generation batch: 'auto' or a number")
     p.add_argument("--prompt-format", choices=["chat", "raw"], default="chat", help="chat template or bare question")
     p.add_argument("--out", default="tune_report", help="report folder")
     p.add_argument("--resume", default=None, help="trials.jsonl of an interrupted search (same grid, split, seed): "
@@ -474,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", default=None, help="devices and their memory, e.g. 0=80GiB,1=80GiB,cpu=200GiB: "
                                                       "suggests a device_map and layers per pass")
     p.add_argument("--json", default=None, help="also write the plan as JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no library logging below errors")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("demo", help="score -> select -> apply -> evaluate on the embedded model and data")
@@ -496,10 +561,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .logging import disable_progress_bars
 
         disable_progress_bars()
+        import transformers
+
+        transformers.logging.set_verbosity_error()  # transformers' info/warnings ("Loading weights") too
     try:
         args.func(args)
-    except DeanError as err:
-        print(f"dean: error: {err}", file=sys.stderr)
+    except DeanError as err:  # one line, whatever another library's message held
+        print(f"dean: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except OSError as err:  # the disk or the network failed under us: say what, without a traceback
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""

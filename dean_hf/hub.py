@@ -174,6 +174,25 @@ def _refuse_pickles(directory: Path) -> None:
                         "you trust yourself.")
 
 
+def _what_is(path: Path) -> str:
+    """What stands at `path` where a regular file was expected, for error messages."""
+    import stat
+
+    if path.is_symlink() and not path.exists():
+        return f"is a dangling symlink (to {quote(os.readlink(path))})"
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "is missing"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if stat.S_ISFIFO(mode):
+        return "is a FIFO (named pipe), not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    return "is present"
+
+
 def _local_folder(path: Path) -> Optional[Path]:
     try:
         return path if path.is_dir() else None
@@ -201,11 +220,13 @@ def resolve_artifact(dir_or_repo_id: str | os.PathLike, *, revision: Optional[st
                                 f"(CLI: --mask {Path(text) / inside[0]}).")
             if MASK_NAME in missing:
                 _refuse_pickles(folder)
-            raise DeanError(f"{quote(str(folder))} is not a dean_hf artifact: {missing} missing. "
+            what = "; ".join(f"{n} {_what_is(folder / n)}" for n in missing)
+            raise DeanError(f"{quote(str(folder))} is not a dean_hf artifact: {what}. "
                             "Write one with DeanEditor.save_pretrained or `dean select`.")
         return folder
     if not is_hub_id(text):
-        raise DeanError(f"{quote(text)} is neither a folder nor a Hub repo id (user/name): check the path.")
+        raise DeanError(f"{quote(text)} does not exist as a folder here ({quote(str(Path(text).absolute()))}) and is "
+                        "not a Hub repo id (user/name): check the path.")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
@@ -216,8 +237,9 @@ def resolve_artifact(dir_or_repo_id: str | os.PathLike, *, revision: Optional[st
             files[name] = hf_hub_download(text, name, subfolder=subfolder, revision=revision, token=token,
                                           cache_dir=cache_dir, local_files_only=local_files_only)
         except LocalEntryNotFoundError:
-            raise DeanError(f"{name} of {quote(text)} is not in the local cache and the Hub cannot be reached "
-                            "(offline?): download it once while online, or pass a local folder.") from None
+            raise DeanError(f"folder {quote(text)} does not exist here ({quote(str(Path(text).absolute()))}); as a Hub "
+                            f"repo id its {name} is not in the local cache while the Hub cannot be reached "
+                            "(offline?): check the path, or download the repo once while online.") from None
         except EntryNotFoundError:
             raise DeanError(f"Hub repo {quote(text)} has no {name}"
                             f"{f' in {subfolder!r}' if subfolder else ''}: it is not a dean_hf artifact "

@@ -139,8 +139,13 @@ def load_model(name: str, *, dtype: Any = "auto", device_map: Any = None, trust_
         kwargs["device_map"] = device_map
     if revision:
         kwargs["revision"] = revision
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except SafetensorError as err:  # a truncated or corrupt weights file
+        raise DeanError(f"could not load model {name!r}: a weights file (model.safetensors or a shard) is damaged "
+                        f"({err}): download or save it again.") from None
     except (OSError, ValueError) as err:
         raise DeanError(f"could not load model {name!r}: {err}") from None
     if name.lower() in DEFAULT_ALIASES:

@@ -123,7 +123,7 @@ def test_push_stops_at_hfapi(tmp_path, hub_calls, capsys):
     assert main(["push", "--mask", str(tmp_path / "mask") + "/", "--repo", "me/mask"]) == 0  # a trailing slash
     assert main(["push", "--mask", str(tmp_path / "absent") + "/", "--repo", "me/mask"]) == 2
     err = capsys.readouterr().err
-    assert "neither a folder nor a Hub repo id" in err and "Traceback" not in err and "HFValidationError" not in err
+    assert "does not exist as a folder here" in err and "Traceback" not in err and "HFValidationError" not in err
 
 
 def test_artifact_records_what_ran(workspace, tmp_path):
