@@ -300,7 +300,9 @@ def _confirm(model, tokenizer, test, chosen, scores_of, kw) -> tuple[dict[str, A
                       else "mixed" if verdicts >= {"higher", "lower"} else
                       "helped on one dimension, the other not distinguishable" if "higher" in verdicts else
                       "could not be told apart from the base model")
-    return out
+    answers = [row for setting, measured in (("base", base), ("edited", edited))
+               for row in answer_rows(setting, {d: measured[d]["answers"] for d in test})]
+    return out, answers
 
 
 def _write(out: Path, data: Mapping[str, Any], trials: Sequence[Mapping[str, Any]],
