@@ -185,6 +185,30 @@ def test_sheet_is_blind_and_reads_only_what_can_flip(tmp_path):
     assert len(every["items"]) == 10 + 5 and len(shared) == 5  # 5 differing questions x 2, 5 identical x 1
 
 
+def test_sheet_names_no_setting_whatever_the_names(tmp_path):
+    spec = {"base": SPEC["before"], "dean": SPEC["after"]}
+    write_answers(tmp_path / "answers.jsonl", rows_of(spec))
+    files = make_sheet(tmp_path)
+    for path in (files["sheet"], files["csv"]):
+        low = path.read_text().lower()
+        assert "dean" not in low and "base" not in low
+
+
+def test_foreign_files_are_never_replaced(tmp_path):
+    (tmp_path / "answers.jsonl").write_text("my own notes\n")
+    with pytest.raises(DeanError, match="not an answers file"):
+        write_answers(tmp_path / "answers.jsonl", rows_of(SPEC))
+    assert (tmp_path / "answers.jsonl").read_text() == "my own notes\n"
+    run = tmp_path / "run"
+    write_answers(run / "answers.jsonl", rows_of(SPEC))
+    (run / "reading").mkdir()
+    (run / "reading" / "sheet.html").write_text("<html>mine</html>")
+    with pytest.raises(DeanError, match="not written by dean_hf"):
+        make_sheet(run)
+    assert (run / "reading" / "sheet.html").read_text() == "<html>mine</html>"
+    assert not (run / "reading_key.json").exists()
+
+
 def test_read_samples_per_dimension_seeded(tmp_path):
     spec = {"before": {"fairness": [(f"b{k}", "aware") for k in range(10)] + [("same", "aware")] * 10},
             "after": {"fairness": [(f"a{k}", "unaware") for k in range(10)] + [("same", "aware")] * 10}}

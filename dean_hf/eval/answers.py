@@ -67,6 +67,12 @@ def check_rows(rows: Sequence[Mapping[str, Any]], what: str = "answers") -> None
 def write_answers(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write `rows` (see the module docstring) to `path` as JSON lines, atomically; returns the path."""
     check_rows(rows, f"answers for {quote(str(path))}")
+    if Path(path).exists():  # only an answers file is ever replaced
+        try:
+            read_answers(path)
+        except DeanError:
+            raise DeanError(f"{quote(str(path))} exists and is not an answers file of dean_hf: it is left as it is. "
+                            "Pick another output folder.") from None
     text = "".join(json.dumps({f: row[f] for f in FIELDS}, ensure_ascii=False) + "\n" for row in rows)
     return atomic_write_text(path, text)
 

@@ -24,7 +24,7 @@ from ..errors import DeanError, quote
 from ..io import atomic_write_json, atomic_write_text, is_regular_file, read_json
 from .answers import ANSWERS_FILE, by_question, file_digest, read_answers, settings_of
 from .judges import LABELS
-from .viewer import template
+from .viewer import check_ours, template
 
 SHEET_DIR = "reading"
 KEY_FILE = "reading_key.json"
@@ -101,6 +101,8 @@ def make_sheet(run_dir: str | Path, *, read: Optional[int] = None, seed: int = 0
     keys = _read_keys(run) if is_regular_file(run / KEY_FILE) else {"written_by": _MARK, "sheets": {}}
     keys["sheets"][sheet] = key
     folder = run / SHEET_DIR
+    check_ours(folder / "sheet.html", "<!-- blind reading sheet -->")
+    check_ours(folder / "sheet.csv", ",".join(CSV_COLUMNS))
     return {"sheet": atomic_write_text(folder / "sheet.html", page),
             "csv": atomic_write_text(folder / "sheet.csv", table.getvalue()),
             "key": atomic_write_json(run / KEY_FILE, keys)}

@@ -13,6 +13,16 @@ from ..io import atomic_write_text
 from .answers import by_question, settings_of
 
 VIEWER_FILE = "flips.html"
+MARK = "dean_hf flips viewer"
+
+
+def check_ours(path: Path, marker: str) -> None:
+    """Raise DeanError when `path` exists and does not carry `marker` (a file dean_hf did not write)."""
+    from ..errors import DeanError, quote
+
+    if path.exists() and marker not in path.read_text(encoding="utf-8", errors="replace")[:4000]:
+        raise DeanError(f"{quote(str(path))} exists and was not written by dean_hf: it is left as it is. Pick another "
+                        "folder.")
 
 
 def template(name: str) -> str:
@@ -88,7 +98,9 @@ def write_viewer(run_dir: str | Path, rows: Sequence[Mapping[str, Any]],
     """Write `flips.html` into `run_dir` (None, and nothing written, when the run has a single setting)."""
     if len(settings_of(rows)) < 2:
         return None
-    return atomic_write_text(Path(run_dir) / VIEWER_FILE, render_viewer(rows, reader))
+    path = Path(run_dir) / VIEWER_FILE
+    check_ours(path, MARK)
+    return atomic_write_text(path, render_viewer(rows, reader))
 
 
 def save_run_answers(run_dir: str | Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
