@@ -503,8 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every question, also those whose answers are identical in "
                                                       "every setting (gives rates, not only changes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw and of the shuffled order")
-    p.add_argument("--import", dest="import_file", default=None, metavar="LABELS", help="labels exported by the "
-                                                                                         "sheet (JSON) or its filled CSV")
+    p.add_argument("--import", dest="import_file", default=None, metavar="LABELS",
+                   help="labels exported by the sheet (JSON) or its filled CSV")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("plan", help="memory needed to score and apply, per device, from a model's config alone")

@@ -260,7 +260,8 @@ def test_imported_figures_are_exact(tmp_path):
     # a1 (aware, aware), b2 (aware, unaware), a2 (aware, aware), b4 (unaware, unaware), a4 (aware, aware)
     a = figures["judge_agreement"]["fairness"]
     assert (a["true_aware"], a["false_aware"], a["true_unaware"], a["false_unaware"]) == (3, 1, 2, 0)
-    assert a["kappa"] == pytest.approx((5 / 6 - (4 / 6 * 3 / 6 + 2 / 6 * 3 / 6)) / (1 - (4 / 6 * 3 / 6 + 2 / 6 * 3 / 6)))
+    expected = 4 / 6 * 3 / 6 + 2 / 6 * 3 / 6  # chance agreement: judge aware 4/6, reader aware 3/6
+    assert a["kappa"] == pytest.approx((5 / 6 - expected) / (1 - expected))
     assert figures["corrected"]["after"]["fairness"]["raw"] == pytest.approx(5 / 6)  # the judge: 5 of 6 aware
     reading = json.loads((tmp_path / "reading.json").read_text())
     assert reading["paired"]["after"]["fairness"]["improved"] == 3 and reading["unread"] == 0

@@ -52,8 +52,8 @@ def _sample(rows: list[dict[str, Any]], *, read: Optional[int], seed: int, all_a
             selected = [q for q in candidates if q in chosen]
         alike = [q for q in qids if q not in set(candidates)]
         rate = len(selected) / len(candidates) if candidates else 1.0
-        ties = alike if rate == 1.0 else sorted(random.Random(f"{seed}:ties:{dim}").sample(alike, round(rate * len(alike))),
-                                                key=qids.index)
+        ties = alike if rate == 1.0 else \
+            sorted(random.Random(f"{seed}:ties:{dim}").sample(alike, round(rate * len(alike))), key=qids.index)
         out[dim] = {"questions": qids, "candidates": candidates, "read": selected, "ties": ties}
     return out
 
@@ -164,8 +164,8 @@ def check_labels(run_dir: str | Path, labels: Mapping[str, Any]) -> tuple[dict[s
                         "match the answers. Make a new sheet and read it.")
     unknown = [i for i in labels["labels"] if i not in key["items"]]
     if unknown:
-        raise DeanError(f"labels name {len(unknown)} item(s) that sheet {sheet} does not hold (e.g. {quote(unknown[0])})"
-                        ": they belong to another sheet or were edited.")
+        raise DeanError(f"labels name {len(unknown)} item(s) that sheet {sheet} does not hold (e.g. "
+                        f"{quote(unknown[0])}): they belong to another sheet or were edited.")
     out = {}
     for item, value in labels["labels"].items():
         text = value.strip().lower() if isinstance(value, str) else value

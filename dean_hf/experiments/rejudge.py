@@ -51,7 +51,8 @@ def rejudge_run(run_dir: str | Path, judge: Judge, out_dir: str | Path) -> dict[
     paired = compare_with_baseline(pairs)
     kept = save_run_answers(out, rows)
     rates = [[s, d, rate_text(f), corrected_text(f)] for s in settings for d, f in figures[s].items()]
-    tables = [("Awareness by the judge", ["setting", "dimension", "judge's rate [95% CI]", "corrected [95% CI]"], rates)]
+    tables = [("Awareness by the judge", ["setting", "dimension", "judge's rate [95% CI]", "corrected [95% CI]"],
+               rates)]
     if paired:
         tables.append((f"Paired change with the baseline ({settings[0]}), same questions",
                        ["setting", "dimension", "change [paired 95% CI]; flips; McNemar p (Holm over dimensions)",
