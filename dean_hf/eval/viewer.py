@@ -60,7 +60,7 @@ def flips(rows: Sequence[Mapping[str, Any]], reader: Optional[Mapping[tuple[str,
 def _labels(judge: Optional[str], reader: Optional[str]) -> str:
     def badge(label: Optional[str]) -> str:
         return f'<span class="badge label-{label}">{label}</span>' if label else '<span class="badge">&ndash;</span>'
-    return f"{badge(judge)} / {badge(reader)}"
+    return f'<span class="muted">judge</span> {badge(judge)} <span class="muted">reader</span> {badge(reader)}'
 
 
 def render_viewer(rows: Sequence[Mapping[str, Any]], reader: Optional[Mapping[tuple[str, str], str]] = None,
@@ -84,7 +84,7 @@ def render_viewer(rows: Sequence[Mapping[str, Any]], reader: Optional[Mapping[tu
                     f'<td class="answer">{e(f["before"])}<br>{_labels(f["judge"][0], f["reader"][0])}</td>'
                     f'<td class="answer">{e(f["after"])}<br>{_labels(f["judge"][1], f["reader"][1])}</td></tr>')
             parts.append("</table>")
-    subtitle = (f"baseline {settings[0]}; {len(flipped)} flips; labels shown as judge / careful reader"
+    subtitle = (f"baseline {settings[0]}; {len(flipped)} flips"
                 + ("" if reader else " (no reading imported yet)"))
     page = template("viewer.html")
     for key, value in (("__STYLE__", template("style.css")), ("__TITLE__", e(title)), ("__SUBTITLE__", e(subtitle)),
