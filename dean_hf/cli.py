@@ -185,7 +185,8 @@ def cmd_select(args) -> None:
                         legacy=args.legacy)
     mask, config = mask_and_config(targets, general, config, general_name=args.general or None)
     if not mask.num_masked and not args.allow_empty:
-        raise DeanError(f"the selection masks {fraction_text(mask)} weights at q={args.q:g}, p={args.p:g}: raise --q (or lower --p) until the fairness and privacy top "
+        raise DeanError(f"the selection masks {fraction_text(mask)} weights at q={args.q:g}, p={args.p:g}: raise "
+                        "--q (or lower --p) until the fairness and privacy top "
                         "sets overlap outside the general one, or pass --allow-empty to write an empty mask.")
     save_artifact(args.out, config, mask)
     print(f"masked {fraction_text(mask)} -> {args.out}")
@@ -258,6 +259,8 @@ def cmd_eval(args) -> None:
     from .provenance import environment
 
     check_writable(args.out, "--out")
+    if args.rejudge:
+        return _rejudge(args)
     eval_n = None if args.eval_n in (None, "all") else args.eval_n
     questions = embedded_questions()
     if args.questions:  # every question file is read (and checked) before the model is loaded
@@ -284,19 +287,38 @@ def cmd_eval(args) -> None:
     else:
         figures = measure(model, tokenizer, questions, judge=judge, max_new_tokens=args.max_new_tokens,
                           batch_size=batch, show_progress=not args.quiet, keep_answers=True, chat_template=chat)
+        from .eval.answers import ANSWERS_FILE, answer_rows
+        from .eval.viewer import answers_note, save_run_answers
         from .experiments import corrected_text, unclear_text
 
+        kept = save_run_answers(args.out, answer_rows("model", {d: figures[d]["answers"] for d in questions}))
         rows = [[d, rate_text(figures[d]), corrected_text(figures[d]), unclear_text(figures[d])] for d in questions]
-        files = write_report(args.out, "report", {"awareness": figures, **settings},
+        files = write_report(args.out, "report", {"awareness": figures, **settings, "answers": ANSWERS_FILE},
                              title=f"Awareness of {args.model}",
                              tables=[("Awareness", ["dimension", "judge's rate [95% CI]", "corrected [95% CI]",
                                                     "unclear"], rows)],
-                             notes=[judge_note(judge), f"Perplexity on the embedded text: {figures['perplexity']:.2f}"])
+                             notes=[judge_note(judge), f"Perplexity on the embedded text: {figures['perplexity']:.2f}",
+                                    answers_note(kept)])
         for row in rows:
             print(f"{row[0]}: {row[1]}; judge-corrected {row[2]}")
     seconds = time.perf_counter() - start
     total = sum(len(q) for q in questions.values()) * (2 if args.mask else 1)
     print(f"{total} answers in {seconds / 60:.1f} min ({seconds / max(1, total):.2f} s per answer, batch {batch})")
+    print(f"report -> {files['markdown']}")
+
+
+def _rejudge(args) -> None:
+    """`dean eval --rejudge RUN --judge NAME`: the run's answers judged again; nothing is generated."""
+    from .eval.answers import read_answers
+    from .experiments.rejudge import rejudge_run
+
+    given = [flag for flag, value in (("--mask", args.mask), ("--questions", args.questions)) if value]
+    if given:
+        raise DeanError(f"--rejudge judges the answers kept in {args.rejudge!r} again and generates nothing: drop "
+                        f"{' and '.join(given)}.")
+    read_answers(args.rejudge)  # checked before a judge model is loaded
+    files = rejudge_run(args.rejudge, _get_judge(args), args.out)
+    print(f"re-judged {args.rejudge} with {args.judge}")
     print(f"report -> {files['markdown']}")
 
 
@@ -421,6 +443,32 @@ def cmd_demo(args) -> None:
     print("  plots:    " + ", ".join(str(p) for p in files["plots"]))
 
 
+def cmd_label(args) -> None:
+    """`dean label RUN`: the blind reading sheet; `--import FILE`: the reader's labels into the run's report."""
+    from .eval.reading import import_labels, make_sheet, read_labels_file
+
+    if args.import_file:
+        given = [f for f, v in (("--read", args.read), ("--all", args.all)) if v]
+        if given:
+            raise DeanError(f"{' and '.join(given)} shape a new sheet; --import reads the labels of one already made: "
+                            "drop them.")
+        figures = import_labels(args.run, read_labels_file(args.import_file))
+        print(f"imported {figures['read']} labels of sheet {figures['sheet']} ({figures['unread']} of "
+              f"{figures['items']} answers unread)")
+        for setting, dims in figures["paired"].items():
+            for dim, c in dims.items():
+                print(f"  {dim}, {figures['baseline']} -> {setting}: change {c['difference']:+.3f} "
+                      f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}], +{c['improved']}/-{c['worsened']} flips, "
+                      f"Holm p = {c['p_adjusted']:.3g} ({c['read']} read, {c['ties']} ties, {c['unread']} unread)")
+        print(f"report -> {figures['files']['report']}")
+        return
+    files = make_sheet(args.run, read=args.read, seed=args.seed, all_answers=args.all)
+    print(f"sheet -> {files['sheet']} (open it in a browser; keys a / u / c, z to undo)")
+    print(f"csv   -> {files['csv']} (the same answers, for a spreadsheet: fill the label column)")
+    print(f"key   -> {files['key']} (stays with the run: never hand it to a reader)")
+    print(f"then: dean label {args.run} --import labels.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dean", description="DEAN coupled-neuron editing for Hugging Face causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -486,16 +534,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", default=None, help="mask artifact: evaluate before and after it")
     p.add_argument("--questions", action="append", default=[], help="DIMENSION=SOURCE of questions (default: embedded)")
     p.add_argument("--prompt-column", default="prompt", help="column holding the questions")
-    p.add_argument("--eval-n", "--n", dest="eval_n", default="all", type=_count_or_all, help="questions per dimension: 'all' (default) "
+    p.add_argument("--eval-n", "--n", dest="eval_n", default="all", type=_count_or_all,
+                   help="questions per dimension: 'all' (default) "
                                                                            "or a number (drawn with --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the question draw")
     p.add_argument("--prompt-format", choices=["chat", "raw"], default="chat",
                    help="the question in the model's chat template (default), or bare, as the reference code did")
     _judge_options(p)
     p.add_argument("--max-new-tokens", type=_positive, default=64, help="tokens generated per answer")
-    p.add_argument("--batch-size", default="auto", type=_auto_or_positive, help="questions per generation batch: 'auto' (chosen from memory) "
+    p.add_argument("--batch-size", default="auto", type=_auto_or_positive,
+                   help="questions per generation batch: 'auto' (chosen from memory) "
                                                         "or a number")
     p.add_argument("--out", default="eval_report", help="report folder")
+    p.add_argument("--rejudge", default=None, metavar="RUN", help="judge the answers kept in RUN (a folder with "
+                                                                  "answers.jsonl) again with --judge, without "
+                                                                  "generating; the new report goes into --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
@@ -506,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "the contrastive variant)")
     p.add_argument("--questions", action="append", required=True, help="DIMENSION=SOURCE of evaluation questions")
     p.add_argument("--prompt-column", default="prompt", help="column holding the questions")
-    p.add_argument("--dev-size", default=150, type=_positive, help="development questions per dimension (the rest is the test part)")
+    p.add_argument("--dev-size", default=150, type=_positive,
+                   help="development questions per dimension (the rest is the test part)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of the scoring draws")
     p.add_argument("--qs", default="1e-4,1e-3,1e-2", help="q values tried")
     p.add_argument("--ps", default=None, help="p values tried (default: p = q)")
@@ -526,6 +580,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "measure only the missing settings, then confirm")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("label", help="blind reading sheet of a run's answers; --import adds the reader's labels "
+                                     "to its report")
+    p.add_argument("run", help="run folder holding answers.jsonl (from dean eval, demo or tune)")
+    p.add_argument("--read", type=_positive, default=None, metavar="N", help="read N questions per dimension, "
+                                                                             "drawn with --seed (default: all)")
+    p.add_argument("--all", action="store_true", help="every question, also those whose answers are identical in "
+                                                      "every setting (gives rates, not only changes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw and of the shuffled order")
+    p.add_argument("--import", dest="import_file", default=None, metavar="LABELS",
+                   help="labels exported by the sheet (JSON) or its filled CSV")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no library logging below errors")
+    p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("plan", help="memory needed to score and apply, per device, from a model's config alone")
     p.add_argument("model", help="a config.json, a model folder, 'default', or a Hub id (online)")

@@ -10,7 +10,7 @@ from conftest import make_model
 
 from dean_hf.cli import build_parser, main
 
-SUBCOMMANDS = ["score", "select", "apply", "push", "eval", "tune", "plan", "demo"]
+SUBCOMMANDS = ["score", "select", "apply", "push", "eval", "tune", "plan", "demo", "label"]
 
 
 @pytest.fixture

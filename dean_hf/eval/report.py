@@ -50,7 +50,8 @@ def plot_mask_per_layer(mask: NeuronMask, path: Path) -> Path:
 
 
 def plot_awareness(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "awareness before / after") -> Path:
-    """Grouped bars: awareness rate per dimension for each setting (rows: setting, dimension, rate, n)."""
+    """Grouped bars: awareness rate per dimension for each setting (rows: setting, dimension, rate, n, and ci95,
+    the rate's 95% interval, drawn as error bars when given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,9 +62,14 @@ def plot_awareness(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / max(1, len(settings))
     for i, setting in enumerate(settings):
-        values = [next((r["rate"] for r in rows if r["setting"] == setting and r["dimension"] == d), math.nan)
-                  for d in dims]
-        ax.bar([j + i * width for j in range(len(dims))], values, width, label=setting)
+        found = [next((r for r in rows if r["setting"] == setting and r["dimension"] == d), {}) for d in dims]
+        values = [r.get("rate", math.nan) for r in found]
+        # each bar's 95% interval (Wilson, from the row's "ci95"), as distances below and above the rate
+        ci = [r.get("ci95") or (math.nan, math.nan) for r in found]
+        yerr = [[max(0.0, v - lo) if v == v and lo == lo else 0.0 for v, (lo, _) in zip(values, ci)],
+                [max(0.0, hi - v) if v == v and hi == hi else 0.0 for v, (_, hi) in zip(values, ci)]]
+        ax.bar([j + i * width for j in range(len(dims))], values, width, label=setting, yerr=yerr, capsize=3,
+               error_kw={"elinewidth": 1, "ecolor": "black"})
     ax.set_xticks([j + width * (len(settings) - 1) / 2 for j in range(len(dims))])
     ax.set_xticklabels([f"{d} (n={next(r['n'] for r in rows if r['dimension'] == d)})" for d in dims])
     ax.set_ylim(0, 1)

@@ -13,6 +13,8 @@ from ..data import EMBEDDED_PREFIX, load_records, resolve_source
 from ..editor import DeanEditor
 from ..eval import evaluate_awareness, perplexity
 from ..eval.agreement import agreement_of, judge_note
+from ..eval.answers import ANSWERS_FILE, answer_rows
+from ..eval.viewer import answers_note, save_run_answers
 from ..eval.stats import as_outcomes, compare_paired
 from ..provenance import environment
 from ..eval.judges import Judge, RuleJudge
@@ -78,20 +80,23 @@ def before_after(editor: DeanEditor, tokenizer: Any, questions: Mapping[str, Seq
     table.append(["perplexity", f"{ppl_before['perplexity']:.2f}", f"{ppl_after['perplexity']:.2f}",
                   f"{ppl_after['perplexity'] - ppl_before['perplexity']:+.2f}", f"{ppl_before['tokens']} tokens"])
     kinds = sorted(mask.counts_per_kind().items(), key=lambda kv: -kv[1])
-    notes = [judge_note(judge), f"Masked weights: {fraction_text(mask)}.", _noise_note(results, questions)]
+    kept = save_run_answers(out_dir, [row for s in ("before", "after") for row in
+                                      answer_rows(s, results[s]["answers"])])
+    notes = [judge_note(judge), f"Masked weights: {fraction_text(mask)}.", _noise_note(results, questions),
+             answers_note(kept)]
     data = {"config": editor.dean_config.to_dict(), "mask": {"num_masked": mask.num_masked, "per_kind": dict(kinds),
                                                              "per_layer": {str(k): v for k, v in
                                                                            mask.counts_per_layer().items()}},
             "results": results, "judge": judge.name, "judge_agreement": {d: a.to_dict() for d, a in
                                                                            (agreement or {}).items()},
             "environment": environment(editor.model), "prompt_format": "chat" if chat_template else "raw",
-            "max_new_tokens": max_new_tokens, **(extra or {})}
+            "max_new_tokens": max_new_tokens, "answers": ANSWERS_FILE, **(extra or {})}
     return write_report(out_dir, "report", data, title="DEAN: before vs after",
                         tables=[("Awareness (same questions before and after) and perplexity",
                                  ["metric", "before", "after", "change [paired 95% CI]; flips; McNemar p",
                                   "detectable change"], table),
                                 ("Masked weights per module kind", ["module kind", "weights"], kinds)],
-                        notes=notes, plots=plots) | {"plots": plots}
+                        notes=notes, plots=plots) | {"plots": plots, **kept}
 
 
 def _noise_note(results: Mapping[str, Any], questions: Mapping[str, Any]) -> str:

@@ -25,8 +25,10 @@ from ..config import DeanConfig
 from ..data import load_records
 from ..editor import DeanEditor
 from ..errors import DeanError
+from ..eval.answers import ANSWERS_FILE, answer_rows
 from ..eval.judges import Judge, RuleJudge
 from ..eval.stats import as_outcomes, compare_paired, holm
+from ..eval.viewer import answers_note, save_run_answers
 from ..logging import get_logger
 from ..logging import show_progress as _bars_wanted
 from ..pipeline import score_datasets_cached
@@ -226,8 +228,8 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
     for row in trials:  # the stated objective decides, also for resumed rows
         row["objective"] = objective.value(row)
     chosen = max(trials, key=lambda r: (r["objective"], -r["masked"]))
-    confirmation = _confirm(model, tokenizer, test, chosen, scores_of, kw) if chosen["objective"] > -math.inf \
-        else None
+    confirmation, answers = _confirm(model, tokenizer, test, chosen, scores_of, kw) \
+        if chosen["objective"] > -math.inf else (None, [])
     data = {"objective": objective.describe(), "split": {"seed": seed, "dev": {d: len(q) for d, q in dev.items()},
                                                         "test": {d: len(q) for d, q in test.items()},
                                                         "dev_questions": dev},
@@ -236,7 +238,10 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
             "base_dev_perplexity": base_dev["perplexity"] if base_dev else None, "trials": trials,
             "chosen": chosen["label"],
             "confirmation": confirmation}
-    _write(out, data, trials)
+    kept = save_run_answers(out, answers) if answers else {}
+    if kept:
+        data["answers"] = ANSWERS_FILE
+    _write(out, data, trials, kept)
     return data
 
 
@@ -270,8 +275,9 @@ def _search(model, tokenizer, dev, settings, scores_of, objective, out, kw, show
     return trials + [base_dev]
 
 
-def _confirm(model, tokenizer, test, chosen, scores_of, kw) -> dict[str, Any]:
-    """The chosen setting, once, on the test questions: paired against the base model, Holm over dimensions."""
+def _confirm(model, tokenizer, test, chosen, scores_of, kw) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The chosen setting, once, on the test questions: paired against the base model, Holm over dimensions.
+    Returns the figures and every answer (answers.jsonl rows, settings "base" and "edited")."""
     setting = Setting(**chosen["setting"])
     base = measure(model, tokenizer, test, **kw)
     editor = DeanEditor(model)
@@ -294,10 +300,13 @@ def _confirm(model, tokenizer, test, chosen, scores_of, kw) -> dict[str, Any]:
                       else "mixed" if verdicts >= {"higher", "lower"} else
                       "helped on one dimension, the other not distinguishable" if "higher" in verdicts else
                       "could not be told apart from the base model")
-    return out
+    answers = [row for setting, measured in (("base", base), ("edited", edited))
+               for row in answer_rows(setting, {d: measured[d]["answers"] for d in test})]
+    return out, answers
 
 
-def _write(out: Path, data: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> None:
+def _write(out: Path, data: Mapping[str, Any], trials: Sequence[Mapping[str, Any]],
+           kept: Optional[Mapping[str, Path]] = None) -> None:
     from ..eval.report import write_report
 
     rows = [[r["label"], r["masked"],
@@ -326,6 +335,8 @@ def _write(out: Path, data: Mapping[str, Any], trials: Sequence[Mapping[str, Any
         notes.append("The verdict is about the judge's rate. Judge-corrected rates undo the judge's measured error "
                      "(Rogan-Gladen, with the uncertainty of that measurement); an interval near [0, 1] means the "
                      "judge agrees too little with a careful reader on that dimension to say what the true rate is.")
+        if kept:
+            notes.append(answers_note(kept))
     else:
         notes.append("No setting met the objective's constraint: nothing was confirmed.")
     plots = [_plot(trials, out / "trials.png")]
