@@ -52,9 +52,9 @@ PEFT_KEY_PREFIX = "base_model.model."  # PeftModel.base_model (the tuner) .model
 
 def _linear_sizes(name: str, module: nn.Module) -> tuple[int, int]:
     if not isinstance(module, nn.Linear):
-        raise DeanError(f"module {quote(name)} is a {type(module).__name__}: PEFT's SHiRA adapter (the PEFT format of a "
-                        "DEAN mask) adapts torch.nn.Linear only, so this mask cannot be exported to PEFT (GPT-2's "
-                        "Conv1D is one such module). Save it in dean_hf's format, or merge it (dean apply).")
+        raise DeanError(f"module {quote(name)} is a {type(module).__name__}: PEFT's SHiRA adapter (the PEFT format "
+                        "of a DEAN mask) adapts torch.nn.Linear only, so this mask cannot be exported to PEFT "
+                        "(GPT-2's Conv1D is one such module). Save it in dean_hf's format, or merge it (dean apply).")
     if module.weight.device.type == "meta":
         raise DeanError(f"the weight of {quote(name)} is on the meta device (offloaded): load the model onto real "
                         "devices to export the mask to PEFT.")
@@ -120,8 +120,8 @@ def render_peft_card(config: DeanConfig, mask: NeuronMask, r: int) -> str:
             f"dean_hf as a PEFT SHiRA adapter: it {edit} {mask.num_masked} of the {mask.num_weights} weights of "
             f"{sum(1 for i in mask.values() if i.numel())} linear modules (SHiRA r={r}; unused slots carry a zero "
             "delta).\n\n```python\nfrom peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, "
-            "\"<this folder or repo>\")\nmerged = model.merge_and_unload()\n```\n\nThe delta was computed from the base "
-            "model's exact weights: apply it to that model only.\n")
+            "\"<this folder or repo>\")\nmerged = model.merge_and_unload()\n```\n\nThe delta was computed from "
+            "the base model's exact weights: apply it to that model only.\n")
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}").content
 
 

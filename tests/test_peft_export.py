@@ -22,7 +22,8 @@ from dean_hf.errors import DeanError
 pytestmark = pytest.mark.floors
 
 # Masked entries per module: up_proj drives r (ceil(100 / (32 + 48)) = 2); the others get padded with zero deltas.
-COUNTS = {"model.layers.0.mlp.up_proj": 100, "model.layers.1.self_attn.q_proj": 30, "model.layers.1.self_attn.k_proj": 5}
+COUNTS = {"model.layers.0.mlp.up_proj": 100, "model.layers.1.self_attn.q_proj": 30,
+          "model.layers.1.self_attn.k_proj": 5}
 
 PEFT_SCRIPT = textwrap.dedent("""
     import json, sys
@@ -157,11 +158,6 @@ def test_a_mask_too_dense_for_shira_and_an_unknown_format_are_refused(tmp_path):
     with pytest.raises(DeanError, match="save_format"):
         editor.save_pretrained(tmp_path / "x", save_format="lora")
     assert not (tmp_path / "dense").exists() and not (tmp_path / "x").exists()
-
-
-def test_the_default_format_is_still_dean_hf(tmp_path):
-    model = make_model("llama")
-    editor = DeanEditor(model)
-    editor.add_adapter("default", _mask(model), check_base_model=False)
-    editor.save_pretrained(tmp_path)
-    assert not (tmp_path / "adapter_config.json").exists() and (tmp_path / "dean_config.json").is_file()
+    editor.save_pretrained(tmp_path / "dean")  # dean_hf's own format stays the default, for any mask
+    assert sorted(p.name for p in (tmp_path / "dean").iterdir()) == ["README.md", "dean_config.json",
+                                                                     "dean_mask.safetensors"]
