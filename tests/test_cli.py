@@ -35,6 +35,7 @@ def workspace(tmp_path_factory, tokenizer):
     return root
 
 
+@pytest.mark.floors
 def test_score_select_apply_eval(workspace):
     w = workspace
     data = ["--data", f"fairness={w / 'fair.csv'}", "--data", f"privacy={w / 'priv.csv'}",

@@ -28,7 +28,8 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], *, ma
         for start in tqdm(range(0, len(questions), batch_size), desc=description, unit="batch",
                           disable=not _bars_wanted(show_progress)):
             texts = [format_prompt(tokenizer, q, chat_template=chat_template) for q in questions[start:start + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat_template).to(device)
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat_template,
+                            return_token_type_ids=False).to(device)  # generate() of transformers < 5 rejects them
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
                                  top_k=None, pad_token_id=tokenizer.pad_token_id)
             new = out[:, enc["input_ids"].shape[1]:]

@@ -143,8 +143,11 @@ def run_demo(out_dir: Optional[str | Path] = None, *, model_name: str = "default
              p: float = 1e-3, target_modules: str = "mlp", max_new_tokens: int = 64, batch_size: int = 4,
              show_progress: bool = True) -> dict[str, Path]:
     """score -> select -> apply -> before/after evaluation on the embedded model and data; returns the files."""
-    from ..models import load_model, load_tokenizer
+    from ..extras import require_plots
+    from ..models import check_model_available, load_model, load_tokenizer
 
+    require_plots("the demo (its plots)")
+    check_model_available(model_name)
     out = Path(out_dir or f"dean_runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     model, tokenizer = load_model(model_name), load_tokenizer(model_name)
     config = DeanConfig(q=q, p=p, target_modules=target_modules, num_samples=n, max_length=256, batch_size=batch_size,

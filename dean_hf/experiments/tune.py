@@ -182,6 +182,9 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
     interrupted run (its `trials.jsonl`, same grid, split and seed): only the settings it lacks are measured, then
     the best trial is confirmed. Without `resume`, an existing `trials.jsonl` in `out_dir` is refused, never
     overwritten."""
+    from ..extras import require_plots
+
+    require_plots("tune (its plot)")  # before hours of trials, not at the report
     space, objective, judge = space or TuneSpace(), objective or Objective(), judge or RuleJudge()
     settings = space.settings()
     needed = {"fairness", "privacy", "general"} | ({"unsafe_fairness", "unsafe_privacy"}
