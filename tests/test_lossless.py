@@ -150,7 +150,10 @@ def test_cli_select_and_score_beside_other_files(tmp_path, tokenizer):
     for name, s in {**targets, "general": general}.items():
         s.save(scores / f"{name}.safetensors")
     before = snapshot(folder)
-    assert main(["select", "--scores", str(scores), "--q", "0.05", "--p", "0.05", "--out", str(folder)]) == 0
+    # a folder holding a model: refused unless asked for
+    assert main(["select", "--scores", str(scores), "--q", "0.05", "--p", "0.05", "--out", str(folder)]) == 2
+    assert main(["select", "--scores", str(scores), "--q", "0.05", "--p", "0.05", "--out", str(folder),
+                 "--overwrite"]) == 0
     after = snapshot(folder)
     assert {k: v for k, v in after.items() if k in before} == before
     assert set(after) - set(before) == {"dean_config.json", "dean_mask.safetensors"}  # the user's README is kept
