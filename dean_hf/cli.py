@@ -264,7 +264,7 @@ def cmd_plan(args) -> None:
             max_memory[int(key) if key.isdigit() else key] = size
     plan = estimate_memory(args.model, dtype=args.dtype, batch_size=args.batch_size, max_length=args.max_length,
                            response_tokens=args.response_tokens, target_modules=_targets(args.target_modules),
-                           max_memory=max_memory)
+                           max_memory=max_memory, fused_kernel=args.fused_kernel)
     print(plan.to_text())
     if args.json:
         import json
@@ -454,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-modules", default="all-linear", help="modules scored (as dean score)")
     p.add_argument("--max-memory", default=None, help="devices and their memory, e.g. 0=80GiB,1=80GiB,cpu=200GiB: "
                                                       "suggests a device_map and layers per pass")
+    p.add_argument("--fused-kernel", action="store_true", help="plan for the fused per-sample kernel (scoring on "
+                                                               "CUDA with triton): no per-sample temporaries")
     p.add_argument("--json", default=None, help="also write the plan as JSON to this file")
     p.set_defaults(func=cmd_plan)
 

@@ -149,9 +149,12 @@ def trace_activations(model: nn.Module, targets: Mapping[str, nn.Module], batch_
     return trace
 
 
-def _module_transient(module: nn.Module, batch_size: int, length: int) -> int:
+def _module_transient(module: nn.Module, batch_size: int, length: int, fused_kernel: bool = False) -> int:
     """Bytes of the SNIP scorer's temporaries for one module: fp32 copies of its input and output gradient and
-    the per-sample gradient block."""
+    the per-sample gradient block; none with the fused kernel (scoring/fused_abs_grad.py), which reads the
+    activations as they are and keeps its sums in registers."""
+    if fused_kernel:
+        return 0
     shape = tuple(module.weight.shape)
     in_f, out_f = (shape[0], shape[1]) if is_conv1d(module) else (shape[1], shape[0])
     numel = in_f * out_f
@@ -237,14 +240,16 @@ def _parse_memory(max_memory: Optional[Mapping[Any, Any]]) -> Optional[dict[Any,
 def estimate_memory(model: Union[str, os.PathLike, Any], *, dtype: Union[str, torch.dtype] = "bfloat16",
                     batch_size: int = 1, max_length: int = 512, response_tokens: Optional[int] = None,
                     target_modules: TargetModules = "all-linear",
-                    max_memory: Optional[Mapping[Any, Any]] = None) -> MemoryPlan:
+                    max_memory: Optional[Mapping[Any, Any]] = None, fused_kernel: bool = False) -> MemoryPlan:
     """Plan the memory of scoring (one data set's fp32 accumulators, as `fit` holds them) and of applying a mask,
     from a model's config alone: `model` is a config, a `config.json` path or folder, 'default', or a Hub id.
 
     `response_tokens` is the number of positions the loss reads per sample (default: all of `max_length`).
     With `max_memory` ({0: "80GiB", 1: "80GiB", "cpu": "200GiB"}), the plan places the model with accelerate's
     `infer_auto_device_map`, keeping room on each device for its accumulators and activations, and says how
-    many layers to score per pass if even one set of accumulators cannot fit."""
+    many layers to score per pass if even one set of accumulators cannot fit. `fused_kernel=True` plans for the
+    fused per-sample kernel (CUDA with triton: `score_importance(fused_kernel="auto")` there), which has no
+    per-sample transient."""
     for name, value in (("batch_size", batch_size), ("max_length", max_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DeanError(f"{name}={quote(value)}: expected a positive integer.")
@@ -259,7 +264,7 @@ def estimate_memory(model: Union[str, os.PathLike, Any], *, dtype: Union[str, to
     vocab = trace.logits_elements // max(1, batch_size * max(2, response))
     element = torch.finfo(torch_dtype).bits // 8
     logits_peak = trace.logits_elements * (element + (4 if element != 4 else 0) + 4)  # logits, fp32 copy, gradient
-    module_peak = max(_module_transient(m, batch_size, max_length) for m in targets.values())
+    module_peak = max(_module_transient(m, batch_size, max_length, fused_kernel) for m in targets.values())
 
     blocks = decoder_blocks(meta)
     block_of = {}
@@ -416,7 +421,8 @@ def measure_peak(fn: Any, device: Union[str, torch.device] = "cpu") -> tuple[Any
 
 
 def auto_layers_per_pass(model: nn.Module, *, batch_size: int, max_length: int, response_tokens: int,
-                         target_modules: TargetModules = "all-linear", margin: float = 0.9) -> Optional[int]:
+                         target_modules: TargetModules = "all-linear", margin: float = 0.9,
+                         fused_kernel: bool = False) -> Optional[int]:
     """`layers_per_pass` for scoring `model` where it is now: None when one set of accumulators fits in the free
     memory of its accelerators (or it runs on the CPU), else how many decoder layers fit per pass, from the plan
     of its config at this batch size and length."""
@@ -426,7 +432,8 @@ def auto_layers_per_pass(model: nn.Module, *, batch_size: int, max_length: int, 
         return None
     dtype = next(p.dtype for p in model.parameters() if p.device.type == "cuda")
     plan = estimate_memory(config, dtype=dtype, batch_size=batch_size, max_length=max_length,
-                           response_tokens=response_tokens, target_modules=target_modules)
+                           response_tokens=response_tokens, target_modules=target_modules,
+                           fused_kernel=fused_kernel)
     layers = len(decoder_blocks(model)) or 1
     # A pass holds contiguous layers, whose accumulators live on those layers' own GPU: every GPU must hold a
     # pass's share, so the tightest one decides (activations and temporaries counted on each, conservatively).
