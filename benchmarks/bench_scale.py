@@ -155,7 +155,8 @@ def main() -> None:
     response = args.length - args.length // 4
     figures = {
         "model": name, "device": device_name, "dtype": args.dtype, "parameters": params, "samples": args.n,
-        "length": args.length, "batch_size": args.batch_size, "kernel_not_timed": why_not if "on" not in modes else None,
+        "length": args.length, "batch_size": args.batch_size,
+        "kernel_not_timed": why_not if "on" not in modes else None,
         "tokens_per_s": {"bare_fused_loss": tokens / t_floor, "training_step_hf_loss": tokens / t_hf},
         "matmul_roofline_tflops": roofline, "bare_tflops": flops_floor * batches / t_floor / 1e12,
         "scoring_flops_over_bare_flops": flops_score / flops_floor,
@@ -170,7 +171,8 @@ def main() -> None:
         figures[key] = {"tokens_per_s": tokens / t_score[mode], "over_bare": t_score[mode] / t_floor,
                         "over_training_step": t_score[mode] / t_hf, "tflops": tflops,
                         "fraction_of_roofline": tflops / roofline, "peak_memory_gib": peak / GIB,
-                        "plan_gib": plan.total("scoring_peak") / GIB, "peak_over_plan": peak / plan.total("scoring_peak")}
+                        "plan_gib": plan.total("scoring_peak") / GIB,
+                        "peak_over_plan": peak / plan.total("scoring_peak")}
     if "on" in modes and "off" in modes:  # the same scores: the kernel's sums against the batched products'
         fast, slow = score(one, "on", keep=1.0), score(one, "off", keep=1.0)
         figures["kernel_vs_products_max_relative_difference"] = max(

@@ -115,7 +115,8 @@ def main() -> None:
     with Timer(device) as dense:
         score_importance(model, exs, batch_size=first, keep=1.0, show_progress=False)
     print(f"batch {first}, scoring / a plain training step: default keep ({DEFAULT_KEEP:g}) "
-          f"{fmt(sparse.seconds / hf_step.seconds)}, keep=1 (dense, no reduction) {fmt(dense.seconds / hf_step.seconds)}")
+          f"{fmt(sparse.seconds / hf_step.seconds)}, keep=1 (dense, no reduction) "
+          f"{fmt(dense.seconds / hf_step.seconds)}")
     for bs in sizes[1:]:
         print(f"    batch {bs} vs batch {first}: samples/s x{fmt(seconds[first] / seconds[bs])}; max relative score "
               f"difference {max_relative_difference(results[bs], results[first], kept):.1e}")

@@ -171,3 +171,20 @@ def test_plan_drops_the_per_sample_transient_with_the_kernel():
     assert fused.transient["device"] < plain.transient["device"]
     assert plain.total("scoring_peak") - fused.total("scoring_peak") == module_peak - fused.transient["device"]
     assert fused.total("weights") == plain.total("weights") and fused.total("activations") == plain.total("activations")
+
+
+def test_dean_plan_fused_kernel_flag(capsys):
+    from pathlib import Path
+
+    from dean_hf.cli import main
+
+    config = Path(__file__).parent / "fixtures" / "configs" / "llama-2-7b.json"
+    tables = []
+    for flag in ([], ["--fused-kernel"]):
+        # few response tokens: the loss's logits are small, and the per-sample block is the largest temporary
+        assert main(["plan", str(config), "--batch-size", "4", "--max-length", "512", "--response-tokens", "8",
+                     *flag]) == 0
+        tables.append(capsys.readouterr().out)
+    transient = [float(t.splitlines()[2].split()[4]) for t in tables]  # the device row's transient column
+    assert transient[1] < transient[0]
+
