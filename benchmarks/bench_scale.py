@@ -1,9 +1,12 @@
 """Scoring at 7B scale: throughput against a bare forward+backward and the device's matrix-product roofline, and
 peak memory against the plan (`dean plan`). A random-weight model built from a shipped config (nothing to
-download), synthetic samples of one length. Prints ratios measured in one run.
+download), synthetic samples of one length. Prints ratios measured in one run: scoring with the fused per-sample
+kernel (scoring/fused_abs_grad.py) and without it (the batched per-sample products), and a transformers training
+step on the same batches.
 
     python benchmarks/bench_scale.py --device cuda                       # Llama-2-7B config, bf16, batch 4 x 512
     python benchmarks/bench_scale.py --device cuda --config ../tests/fixtures/configs/qwen2-7b.json
+    python benchmarks/bench_scale.py --device cuda --kernel on           # only with the kernel (or: off)
     python benchmarks/bench_scale.py --quick                             # a scaled-down config on the CPU (CI)
 """
 
@@ -23,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dean_hf import score_importance  # noqa: E402
 from dean_hf.plan import GIB, estimate_memory, load_config, measure_peak  # noqa: E402
 from dean_hf.scoring.engine import _check_examples  # noqa: E402
+from dean_hf.scoring.fused_abs_grad import fused_kernel_unavailable  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "configs"
 SMALL = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
@@ -90,6 +94,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--n", type=int, default=32, help="samples")
     parser.add_argument("--quick", action="store_true", help="a scaled-down config on the CPU (CI smoke)")
+    parser.add_argument("--kernel", choices=["both", "on", "off"], default="both",
+                        help="time scoring with the fused kernel, without it (the batched products), or both; the "
+                             "kernel only where it runs (CUDA, triton)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--results", default=None, help="write the scale section of this Markdown file (RESULTS.md) "
                                                          "from the figures of this run, or of --from-json files")
@@ -119,43 +126,68 @@ def main() -> None:
     print(f"{name}: {params / 1e9:.2f}B parameters, {args.dtype} on {device_name}; {args.n} samples x {args.length} "
           f"tokens, batch {args.batch_size}")
 
-    warm = data[: args.batch_size]
-    bare_step(model, warm, args.batch_size, device, hf_loss=False)
-    score_importance(model, [{"input_ids": i, "labels": l} for i, l in warm], batch_size=args.batch_size,
-                     show_progress=False)
+    why_not = fused_kernel_unavailable(device, dtype, allow_interpreter=False)
+    modes = [m for m in (("on", "off") if args.kernel == "both" else (args.kernel,)) if m == "off" or why_not is None]
+    if why_not is not None and args.kernel != "off":
+        print(f"fused kernel not timed: {why_not}")
+    if not modes:
+        raise SystemExit("--kernel on, but the fused kernel cannot run here")
+    one = [{"input_ids": i, "labels": l} for i, l in data[: args.batch_size]]
     exs = [{"input_ids": i, "labels": l} for i, l in data]
+
+    def score(examples, mode, **kwargs):
+        return score_importance(model, examples, batch_size=args.batch_size, fused_kernel=mode, show_progress=False,
+                                **kwargs)
+
+    bare_step(model, data[: args.batch_size], args.batch_size, device, hf_loss=False)  # warm-up (and compiling)
+    for mode in modes:
+        score(one, mode)
     roofline = matmul_tflops(device, dtype)
     t_hf = timed(lambda: bare_step(model, data, args.batch_size, device, hf_loss=True), device)
     t_floor = timed(lambda: bare_step(model, data, args.batch_size, device, hf_loss=False), device)
-    t_score = timed(lambda: score_importance(model, exs, batch_size=args.batch_size, show_progress=False), device)
-    one = exs[: args.batch_size]
-    flops_score = count_flops(lambda: score_importance(model, one, batch_size=args.batch_size, show_progress=False))
+    t_score = {mode: timed(lambda: score(exs, mode), device) for mode in modes}
+    # The kernel does the multiply-adds of the products (one weight-gradient product per sample), which the
+    # counter counts; it cannot count a Triton kernel.
+    flops_score = count_flops(lambda: score(one, "off"))
     flops_floor = count_flops(lambda: bare_step(model, data[: args.batch_size], args.batch_size, device,
                                                 hf_loss=False))
     batches = -(-args.n // args.batch_size)
-    _, peak = measure_peak(lambda: score_importance(model, one, batch_size=args.batch_size, show_progress=False),
-                           device)
-    plan = estimate_memory(config, dtype=args.dtype, batch_size=args.batch_size, max_length=args.length,
-                           response_tokens=args.length - args.length // 4)
+    response = args.length - args.length // 4
     figures = {
         "model": name, "device": device_name, "dtype": args.dtype, "parameters": params, "samples": args.n,
         "length": args.length, "batch_size": args.batch_size,
-        "tokens_per_s": {"scoring": tokens / t_score, "bare_fused_loss": tokens / t_floor,
-                         "training_step_hf_loss": tokens / t_hf},
-        "scoring_over_bare": t_score / t_floor, "scoring_over_training_step": t_score / t_hf,
-        "matmul_roofline_tflops": roofline,
-        "scoring_tflops": flops_score * batches / t_score / 1e12, "bare_tflops": flops_floor * batches / t_floor / 1e12,
+        "kernel_not_timed": why_not if "on" not in modes else None,
+        "tokens_per_s": {"bare_fused_loss": tokens / t_floor, "training_step_hf_loss": tokens / t_hf},
+        "matmul_roofline_tflops": roofline, "bare_tflops": flops_floor * batches / t_floor / 1e12,
         "scoring_flops_over_bare_flops": flops_score / flops_floor,
-        "peak_memory_gib": peak / GIB, "plan_gib": plan.total("scoring_peak") / GIB,
     }
-    if device.type == "cuda" and dtype != torch.float32:  # the 16-bit products with fp32 output vs fp32 inputs
+    figures["bare_fraction_of_roofline"] = figures["bare_tflops"] / roofline
+    for mode in modes:
+        key = "kernel" if mode == "on" else "products"
+        _, peak = measure_peak(lambda: score(one, mode), device)
+        plan = estimate_memory(config, dtype=args.dtype, batch_size=args.batch_size, max_length=args.length,
+                               response_tokens=response, fused_kernel=mode == "on")
+        tflops = flops_score * batches / t_score[mode] / 1e12
+        figures[key] = {"tokens_per_s": tokens / t_score[mode], "over_bare": t_score[mode] / t_floor,
+                        "over_training_step": t_score[mode] / t_hf, "tflops": tflops,
+                        "fraction_of_roofline": tflops / roofline, "peak_memory_gib": peak / GIB,
+                        "plan_gib": plan.total("scoring_peak") / GIB,
+                        "peak_over_plan": peak / plan.total("scoring_peak")}
+    if "on" in modes and "off" in modes:  # the same scores: the kernel's sums against the batched products'
+        fast, slow = score(one, "on", keep=1.0), score(one, "off", keep=1.0)
+        figures["kernel_vs_products_max_relative_difference"] = max(
+            ((fast[n] - slow[n]).abs().max() / slow[n].abs().max()).item() for n in slow)
+        print(f"fused kernel vs batched products: max relative score difference "
+              f"{figures['kernel_vs_products_max_relative_difference']:.1e}")
+        del fast, slow
+    if device.type == "cuda" and dtype != torch.float32 and "off" in modes:  # 16-bit products, fp32 output
         import dean_hf.scoring.scorers as scorers
 
-        fast = score_importance(model, one, batch_size=args.batch_size, keep=1.0, show_progress=False)
+        fast = score(one, "off", keep=1.0)
         real = scorers._fp32_product
         scorers._fp32_product = lambda x: torch.bmm
         try:
-            slow = score_importance(model, one, batch_size=args.batch_size, keep=1.0, show_progress=False)
+            slow = score(one, "off", keep=1.0)
         finally:
             scorers._fp32_product = real
         figures["products_max_relative_difference"] = max(
@@ -163,18 +195,17 @@ def main() -> None:
         print(f"16-bit products with fp32 output vs fp32 products: max relative score difference "
               f"{figures['products_max_relative_difference']:.1e}")
         del fast, slow
-    figures["scoring_fraction_of_roofline"] = figures["scoring_tflops"] / roofline
-    figures["bare_fraction_of_roofline"] = figures["bare_tflops"] / roofline
-    figures["peak_over_plan"] = peak / plan.total("scoring_peak")
-    print(f"tokens/s: scoring {tokens / t_score:.0f}, bare forward+backward (same loss) {tokens / t_floor:.0f}, "
-          f"training step (HF loss) {tokens / t_hf:.0f}")
-    print(f"scoring / bare = {t_score / t_floor:.2f}; scoring / training step = {t_score / t_hf:.2f}")
-    print(f"matrix-product roofline {roofline:.3g} TFLOP/s; scoring runs {figures['scoring_tflops']:.3g} TFLOP/s "
-          f"({figures['scoring_fraction_of_roofline']:.2f} of it), the bare step {figures['bare_tflops']:.3g} "
-          f"({figures['bare_fraction_of_roofline']:.2f}); scoring counts {flops_score / flops_floor:.2f}x the bare "
-          "step's FLOPs")
-    print(f"peak memory {peak / GIB:.2f} GiB, plan {plan.total('scoring_peak') / GIB:.2f} GiB: measured / plan = "
-          f"{figures['peak_over_plan']:.2f}")
+    print(f"tokens/s: bare forward+backward (same loss) {tokens / t_floor:.0f}, training step (HF loss) "
+          f"{tokens / t_hf:.0f}; matrix-product roofline {roofline:.3g} TFLOP/s, the bare step runs "
+          f"{figures['bare_tflops']:.3g} ({figures['bare_fraction_of_roofline']:.2f} of it); scoring counts "
+          f"{flops_score / flops_floor:.2f}x the bare step's FLOPs")
+    for key, label in (("kernel", "with the fused kernel"), ("products", "with the batched products")):
+        if key in figures:
+            f = figures[key]
+            print(f"scoring {label}: {f['tokens_per_s']:.0f} tokens/s; / bare = {f['over_bare']:.2f}; / training "
+                  f"step = {f['over_training_step']:.2f}; {f['tflops']:.3g} TFLOP/s = {f['fraction_of_roofline']:.2f} "
+                  f"of the roofline; peak memory {f['peak_memory_gib']:.2f} GiB, plan {f['plan_gib']:.2f} GiB: "
+                  f"measured / plan = {f['peak_over_plan']:.2f}")
     figures["command"] = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
@@ -182,8 +213,20 @@ def main() -> None:
         write_results(args.results, [figures])
 
 
+def _modes(run: dict) -> dict[str, dict]:
+    """A run's per-mode figures ('kernel', 'products'); runs saved before the kernel had the products only."""
+    if "products" in run or "kernel" in run:
+        return {k: run[k] for k in ("kernel", "products") if k in run}
+    return {"products": {"tokens_per_s": run["tokens_per_s"]["scoring"], "over_bare": run["scoring_over_bare"],
+                         "over_training_step": run["scoring_over_training_step"],
+                         "fraction_of_roofline": run.get("scoring_fraction_of_roofline"),
+                         "peak_memory_gib": run["peak_memory_gib"], "plan_gib": run["plan_gib"],
+                         "peak_over_plan": run["peak_over_plan"]}}
+
+
 def write_results(path: str, runs: list[dict]) -> None:
-    """The scale section of RESULTS.md: one row per run (model, device), from the figures the runs printed."""
+    """The scale section of RESULTS.md: one row per run (model, device) and scoring mode, from the figures the
+    runs printed."""
     from _common import write_section
 
     def cell(value, spec=".2f"):
@@ -193,17 +236,21 @@ def write_results(path: str, runs: list[dict]) -> None:
              "Random weights from the shipped configs, bf16, synthetic samples of one length, a quarter of each a "
              "prompt. Ratios from one run; the bare step is a forward+backward over the same batches with every "
              "target weight's gradient (dean_hf's loss), the training step the same with transformers' loss "
-             "(`model(..., labels=...)`).", "",
-             "| model | device | batch x tokens | scoring tokens/s | scoring / bare step | scoring / training step "
-             "| scoring, fraction of the matmul roofline | bare step, same | peak memory / plan (GiB) | "
-             "16-bit vs fp32 products |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "(`model(..., labels=...)`). Scoring runs with the fused per-sample kernel (`fused_kernel='on'`) or "
+             "the batched per-sample products (`'off'`); runs without a kernel row predate it.", "",
+             "| model | device | batch x tokens | scoring | tokens/s | / bare step | / training step "
+             "| fraction of the matmul roofline | bare step, same | peak memory / plan (GiB) | "
+             "kernel vs products | 16-bit vs fp32 products |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['model']} | {r['device']} | {r['batch_size']} x {r['length']} | "
-                     f"{r['tokens_per_s']['scoring']:.0f} | {cell(r['scoring_over_bare'])} | "
-                     f"{cell(r['scoring_over_training_step'])} | {cell(r.get('scoring_fraction_of_roofline'))} of "
-                     f"{r['matmul_roofline_tflops']:.0f} TFLOP/s | {cell(r.get('bare_fraction_of_roofline'))} | "
-                     f"{r['peak_memory_gib']:.2f} / {r['plan_gib']:.2f} = {cell(r['peak_over_plan'])} | "
-                     f"{cell(r.get('products_max_relative_difference'), '.1e')} |")
+        for mode, f in _modes(r).items():
+            lines.append(f"| {r['model']} | {r['device']} | {r['batch_size']} x {r['length']} | "
+                         f"{'fused kernel' if mode == 'kernel' else 'batched products'} | {f['tokens_per_s']:.0f} | "
+                         f"{cell(f['over_bare'])} | {cell(f['over_training_step'])} | "
+                         f"{cell(f.get('fraction_of_roofline'))} of {r['matmul_roofline_tflops']:.0f} TFLOP/s | "
+                         f"{cell(r.get('bare_fraction_of_roofline'))} | {f['peak_memory_gib']:.2f} / "
+                         f"{f['plan_gib']:.2f} = {cell(f['peak_over_plan'])} | "
+                         f"{cell(r.get('kernel_vs_products_max_relative_difference'), '.1e')} | "
+                         f"{cell(r.get('products_max_relative_difference'), '.1e')} |")
     lines += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in runs if r.get("command"))]
     write_section(path, "scale", "\n".join(lines))
 

@@ -17,6 +17,7 @@ import torch
 from _common import ARCHS, Timer, bare_step, examples, fmt, load, load_arch, peak_rss_mib, synthetic_examples
 from dean_hf import score_importance
 from dean_hf.scoring.engine import _check_examples
+from dean_hf.scoring.scores import DEFAULT_KEEP
 from dean_hf.targets import find_target_modules
 
 
@@ -107,6 +108,15 @@ def main() -> None:
               f"training step (transformers' loss, same batches) = {fmt(t.seconds / hf_step.seconds)}; page faults "
               f"{t.faults} / {floor.faults}, system CPU {fmt(t.sys_seconds)} s / {fmt(floor.sys_seconds)} s")
     first = sizes[0]
+    with Timer(device) as hf_step:
+        bare_step(model, data, first, device, hf_loss=True)
+    with Timer(device) as sparse:
+        score_importance(model, exs, batch_size=first, show_progress=False)  # the default keep: reduced per matrix
+    with Timer(device) as dense:
+        score_importance(model, exs, batch_size=first, keep=1.0, show_progress=False)
+    print(f"batch {first}, scoring / a plain training step: default keep ({DEFAULT_KEEP:g}) "
+          f"{fmt(sparse.seconds / hf_step.seconds)}, keep=1 (dense, no reduction) "
+          f"{fmt(dense.seconds / hf_step.seconds)}")
     for bs in sizes[1:]:
         print(f"    batch {bs} vs batch {first}: samples/s x{fmt(seconds[first] / seconds[bs])}; max relative score "
               f"difference {max_relative_difference(results[bs], results[first], kept):.1e}")

@@ -124,9 +124,12 @@ def trace_activations(model: nn.Module, targets: Mapping[str, nn.Module], batch_
     return trace
 
 
-def _module_transient(module: nn.Module, batch_size: int, length: int) -> int:
+def _module_transient(module: nn.Module, batch_size: int, length: int, fused_kernel: bool = False) -> int:
     """Bytes of the SNIP scorer's temporaries for one module: fp32 copies of its input and output gradient and
-    the per-sample gradient block."""
+    the per-sample gradient block; none with the fused kernel (scoring/fused_abs_grad.py), which reads the
+    activations as they are and keeps its sums in registers."""
+    if fused_kernel:
+        return 0
     shape = tuple(module.weight.shape)
     in_f, out_f = (shape[0], shape[1]) if is_conv1d(module) else (shape[1], shape[0])
     numel = in_f * out_f
@@ -164,9 +167,11 @@ class ScoringSizes:
 
 
 def scoring_sizes(meta: nn.Module, *, name: str, dtype: torch.dtype, batch_size: int, max_length: int,
-                  response_tokens: Optional[int] = None, target_modules: TargetModules = "all-linear") -> ScoringSizes:
+                  response_tokens: Optional[int] = None, target_modules: TargetModules = "all-linear",
+                  fused_kernel: bool = False) -> ScoringSizes:
     """Trace `meta` (a model on the meta device, see `meta_model`) at `batch_size` x `max_length`, the loss reading
-    `response_tokens` positions per sample (default: all), and size every part that scoring holds."""
+    `response_tokens` positions per sample (default: all), and size every part that scoring holds (`fused_kernel`:
+    scoring with the fused per-sample kernel, which has no per-sample transient)."""
     check_shape(batch_size, max_length)
     targets = find_target_modules(meta, target_modules)
     response = max_length - 1 if response_tokens is None else min(int(response_tokens), max_length - 1)
@@ -189,7 +194,7 @@ def scoring_sizes(meta: nn.Module, *, name: str, dtype: torch.dtype, batch_size:
         input_module=names[id(meta.get_input_embeddings())], head_module=names[id(head)] if head is not None else None,
         logits_elements=trace.logits_elements,
         logits_peak=trace.logits_elements * (element + (4 if element != 4 else 0) + 4),  # logits, fp32 copy, gradient
-        module_peak=max(_module_transient(m, batch_size, max_length) for m in targets.values()),
+        module_peak=max(_module_transient(m, batch_size, max_length, fused_kernel) for m in targets.values()),
         num_parameters=sum(p.numel() for p in meta.parameters()),
         num_target_weights=sum(m.weight.numel() for m in targets.values()))
 
@@ -292,13 +297,14 @@ def _offloaded_groups(sizes: ScoringSizes, device_map: Optional[Mapping[str, Any
 
 def estimate_config(config: Any, *, dtype: Union[str, torch.dtype] = "bfloat16", batch_size: int = 1,
                     max_length: int = 512, response_tokens: Optional[int] = None,
-                    target_modules: TargetModules = "all-linear") -> MemoryEstimate:
+                    target_modules: TargetModules = "all-linear", fused_kernel: bool = False) -> MemoryEstimate:
     """The memory of scoring a model of `config` on one device (see `scoring_sizes`)."""
     torch_dtype = _dtype(dtype)
     sizes = scoring_sizes(meta_model(config, torch_dtype), name=str(getattr(config, "_name_or_path", "") or
                                                                         type(config).__name__),
                           dtype=torch_dtype, batch_size=batch_size, max_length=max_length,
-                          response_tokens=response_tokens, target_modules=target_modules)
+                          response_tokens=response_tokens, target_modules=target_modules,
+                          fused_kernel=fused_kernel)
     return estimate_scoring(sizes)
 
 
@@ -323,7 +329,8 @@ def measure_peak(fn: Any, device: Union[str, torch.device] = "cpu") -> tuple[Any
 
 
 def auto_layers_per_pass(model: nn.Module, *, batch_size: int, max_length: int, response_tokens: int,
-                         target_modules: TargetModules = "all-linear", margin: float = 0.9) -> Optional[int]:
+                         target_modules: TargetModules = "all-linear", margin: float = 0.9,
+                         fused_kernel: bool = False) -> Optional[int]:
     """`layers_per_pass` for scoring `model` where it is now: None when one set of accumulators fits in the free
     memory of its accelerators (or it runs on the CPU), else how many decoder layers fit per pass, from the
     estimate of its config at this batch size and length."""
@@ -333,7 +340,8 @@ def auto_layers_per_pass(model: nn.Module, *, batch_size: int, max_length: int, 
         return None
     dtype = next(p.dtype for p in model.parameters() if p.device.type == "cuda")
     estimate = estimate_config(config, dtype=dtype, batch_size=batch_size, max_length=max_length,
-                               response_tokens=response_tokens, target_modules=target_modules)
+                               response_tokens=response_tokens, target_modules=target_modules,
+                               fused_kernel=fused_kernel)
     layers = len(decoder_blocks(model)) or 1
     # A pass holds contiguous layers, whose accumulators live on those layers' own GPU: every GPU must hold a
     # pass's share, so the tightest one decides (activations and temporaries counted on each, conservatively).

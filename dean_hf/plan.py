@@ -130,7 +130,7 @@ class MemoryPlan(MemoryEstimate):
 def estimate_memory(model: Union[str, os.PathLike, Any], *, dtype: Union[str, torch.dtype] = "bfloat16",
                     batch_size: int = 1, max_length: int = 512, response_tokens: Optional[int] = None,
                     target_modules: TargetModules = "all-linear",
-                    max_memory: Optional[Mapping[Any, Any]] = None) -> MemoryPlan:
+                    max_memory: Optional[Mapping[Any, Any]] = None, fused_kernel: bool = False) -> MemoryPlan:
     """Plan the memory of scoring (one data set's fp32 accumulators, as `fit` holds them) and of applying a mask,
     from a model's config alone: `model` is a config, a `config.json` path or folder, 'default', or a Hub id.
 
@@ -145,7 +145,8 @@ def estimate_memory(model: Union[str, os.PathLike, Any], *, dtype: Union[str, to
     check_config(config)
     name = getattr(config, "_name_or_path", None) or (type(config).__name__ if hasattr(model, "model_type")
                                                       else str(model))
-    meta, sizes = _sized(config, str(name), torch_dtype, batch_size, max_length, response_tokens, target_modules)
+    meta, sizes = _sized(config, str(name), torch_dtype, batch_size, max_length, response_tokens, target_modules,
+                         fused_kernel)
     plan = _place(meta, sizes, limits) if limits else _single_device(sizes)
     if sizes.logits_elements:
         plan.notes.append(f"The loss holds {sizes.logits_elements / 1e6:.1f}M logits ({_vocab(meta)} per position) "
@@ -159,19 +160,20 @@ _SIZED: OrderedDict[tuple, tuple[nn.Module, ScoringSizes]] = OrderedDict()
 
 
 def _sized(config: Any, name: str, dtype: torch.dtype, batch_size: int, max_length: int,
-           response_tokens: Optional[int], target_modules: TargetModules) -> tuple[nn.Module, ScoringSizes]:
+           response_tokens: Optional[int], target_modules: TargetModules,
+           fused_kernel: bool = False) -> tuple[nn.Module, ScoringSizes]:
     try:
         text = config.to_json_string(use_diff=False)
     except (AttributeError, TypeError, ValueError):
         text = None
     key = (text, name, str(dtype), batch_size, max_length, response_tokens,
-           target_modules if isinstance(target_modules, str) else tuple(target_modules))
+           target_modules if isinstance(target_modules, str) else tuple(target_modules), fused_kernel)
     if text is not None and key in _SIZED:
         _SIZED.move_to_end(key)
         return _SIZED[key]
     meta = meta_model(config, dtype)
     sizes = scoring_sizes(meta, name=name, dtype=dtype, batch_size=batch_size, max_length=max_length,
-                          response_tokens=response_tokens, target_modules=target_modules)
+                          response_tokens=response_tokens, target_modules=target_modules, fused_kernel=fused_kernel)
     if text is not None:
         _SIZED[key] = (meta, sizes)
         while len(_SIZED) > 2:

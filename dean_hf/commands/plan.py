@@ -11,7 +11,8 @@ def cmd_plan(args) -> None:
     max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
     plan = estimate_memory(args.model, dtype=args.dtype, batch_size=args.batch_size, max_length=args.max_length,
                            response_tokens=args.response_tokens, target_modules=target_modules(args.target_modules),
-                           max_memory=max_memory)
+                           max_memory=max_memory,
+                           fused_kernel=args.fused_kernel)
     print(plan.to_text())
     if args.json:
         import json
@@ -33,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--target-modules", default="all-linear", help="modules scored (as dean score)")
     p.add_argument("--max-memory", default=None, help="devices and their memory, e.g. 0=80GiB,1=80GiB,cpu=200GiB: "
                                                       "suggests a device_map and layers per pass")
+    p.add_argument("--fused-kernel", action="store_true", help="plan for the fused per-sample kernel (scoring on "
+                                                               "CUDA with triton): no per-sample temporaries")
     p.add_argument("--json", default=None, help="also write the plan as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no library logging below errors")
     p.set_defaults(func=cmd_plan)

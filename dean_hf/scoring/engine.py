@@ -19,7 +19,8 @@ from ..modules import decoder_blocks, unwrap_model
 from ..targets import TargetModules, find_target_modules
 from .hooks import BatchState, scoring_hooks
 from .loss import forward_loss, host_loss_positions
-from .scorers import get_scorer
+from .fused_abs_grad import fused_kernel_unavailable
+from .scorers import Scorer, check_fused_kernel, get_scorer
 from .scores import DEFAULT_KEEP, ImportanceScores, check_keep, scores_from_accumulators
 
 logger = get_logger(__name__)
@@ -189,6 +190,7 @@ def score_importance(
     group_by_length: bool = True,
     trim_logits: bool = True,
     distributed: Optional[bool] = None,
+    fused_kernel: str = "auto",
     show_progress: bool = True,
     description: str = "scoring",
     **data_options: Any,
@@ -212,7 +214,11 @@ def score_importance(
     length together (less padding; same scores). `trim_logits` computes logits only at the positions the loss
     reads, for models whose forward takes `logits_to_keep`. Under torch.distributed (`distributed=None`
     detects it), each process scores its share of the samples and the accumulators are summed with one
-    all-reduce: every rank gets the single-process scores.
+    all-reduce: every rank gets the single-process scores. `fused_kernel` ("auto", "on", "off") chooses how the
+    SNIP scorer sums |per-sample gradients|: "auto" uses the fused Triton kernel (`scoring/fused_abs_grad.py`: no
+    per-sample matrix, the cost of one weight-gradient product) where it runs (CUDA, triton installed, float32,
+    bfloat16 or float16 activations) and the batched per-sample products elsewhere; "on" always uses it (a
+    DeanError where it cannot run); "off" never. The scores are the same either way (fp32 sums).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DeanError(f"batch_size={batch_size!r}: expected a positive integer.")
@@ -224,6 +230,7 @@ def score_importance(
         raise DeanError("pass layers_per_pass or modules_per_pass, not both.")
     keep = check_keep(keep)
     score_fn = get_scorer(scorer)
+    score_fn.fused_kernel = check_fused_kernel(fused_kernel)
     if tokenizer is not None or isinstance(examples, (str, os.PathLike)):
         from ..data import as_examples
 
@@ -237,6 +244,8 @@ def score_importance(
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
     pad_id = pad_id if isinstance(pad_id, int) else 0
     device = _input_device(model)
+    if fused_kernel == "on":  # before any work: say why it cannot run
+        _check_fused_kernel_runs(score_fn, scorer, device, next(iter(modules.values())).weight.dtype)
     fingerprint = weight_fingerprint(modules)
     rank, world = _distributed(distributed)
     shard = list(range(rank, len(data), world))
@@ -245,8 +254,12 @@ def score_importance(
 
         longest = max(len(ids) for ids, _ in data)
         response = max(sum(label != -100 for label in labels) for _, labels in data)
+        dtype = next(iter(modules.values())).weight.dtype
+        fused = score_fn.has_fused_kernel and fused_kernel != "off" and fused_kernel_unavailable(
+            device, dtype, allow_interpreter=fused_kernel == "on") is None
         layers_per_pass = auto_layers_per_pass(model, batch_size=batch_size, max_length=longest,
-                                               response_tokens=response, target_modules=target_modules)
+                                               response_tokens=response, target_modules=target_modules,
+                                               fused_kernel=fused)
         if layers_per_pass:
             logger.info("layers_per_pass='auto': one set of accumulators does not fit beside the model; scoring "
                         "%d layers per pass", layers_per_pass)
@@ -291,6 +304,17 @@ def score_importance(
     }
     logger.info("scored %d modules on %d samples (%d response tokens)", len(modules), len(data), num_tokens)
     return ImportanceScores.merge(list(scores.values()), metadata, order=list(modules))
+
+
+def _check_fused_kernel_runs(score_fn: Scorer, scorer: str, device: torch.device, dtype: torch.dtype) -> None:
+    """DeanError unless `score_fn` has a fused kernel and it runs for `dtype` activations on `device`."""
+    if not score_fn.has_fused_kernel:
+        raise DeanError(f"fused_kernel='on' but scorer={scorer!r} has no fused kernel (it sums no per-sample "
+                        "gradients; only 'snip' has one): use fused_kernel='auto'.")
+    why = fused_kernel_unavailable(device, dtype)
+    if why is not None:
+        raise DeanError(f"fused_kernel='on' but the fused kernel cannot run: {why}. Use fused_kernel='auto' (the "
+                        "batched products where it cannot run) or 'off'.")
 
 
 def _check_finite_scores(scores: Mapping[str, torch.Tensor]) -> None:

@@ -46,11 +46,28 @@ def available_scorers() -> list[str]:
     return sorted(_SCORERS)
 
 
+FUSED_KERNEL_CHOICES = ("auto", "on", "off")
+
+
+def check_fused_kernel(value: object) -> str:
+    """`fused_kernel` as one of FUSED_KERNEL_CHOICES, or DeanError."""
+    if not isinstance(value, str) or value not in FUSED_KERNEL_CHOICES:
+        raise DeanError(f"fused_kernel={value!r}: expected 'auto' (the fused Triton kernel where it runs: CUDA, "
+                        "triton installed, float32/bfloat16/float16), 'on' (always; an error where it cannot run) or "
+                        "'off' (the batched per-sample products).")
+    return value
+
+
 class Scorer:
-    """Base class of importance scorers. Accumulators are fp32 and live on the weight's device."""
+    """Base class of importance scorers. Accumulators are fp32 and live on the weight's device.
+
+    `fused_kernel` ('auto', 'on', 'off') says whether a scorer with a fused kernel (SNIP) uses it; others ignore
+    it."""
 
     name = "base"
     needs_backward = False
+    fused_kernel = "auto"
+    has_fused_kernel = False
 
     def init(self, module: nn.Module) -> torch.Tensor:
         """A fresh accumulator for `module`, where its weight is kept (the CPU for accelerate-offloaded weights)."""
@@ -97,15 +114,40 @@ class SnipScorer(Scorer):
     """SNIP: `|W| * sum_i |dL_i/dW|`, the absolute value taken per sample before the sum."""
 
     needs_backward = True
+    has_fused_kernel = True
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether this call runs the fused kernel: 'off' never; 'auto' where it runs (CUDA); 'on' always, or a
+        DeanError saying why it cannot (Triton's interpreter counts for 'on': tests run the kernel on the CPU)."""
+        if self.fused_kernel == "off":
+            return False
+        from .fused_abs_grad import fused_kernel_unavailable
+
+        why = fused_kernel_unavailable(x.device, x.dtype, allow_interpreter=self.fused_kernel == "on")
+        if why is not None and self.fused_kernel == "on":
+            raise DeanError(f"fused_kernel='on' but the fused kernel cannot run: {why}. Use fused_kernel='auto' "
+                            "(the batched products where it cannot run) or 'off'.")
+        return why is None
 
     def on_backward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
                     lengths: list[int]) -> None:
         # The products run where the activations are; an offloaded module's accumulator (on the CPU) gets the sum.
         g = g.to(device=x.device)
+        # Per-sample weight gradient: Linear stores (out, in) -> g^T x; Conv1D stores (in, out) -> x^T g.
+        if self._fused(x):
+            from .fused_abs_grad import LengthsOnDevice, accumulate_abs_grad
+
+            if not hasattr(self, "_lengths"):
+                self._lengths = LengthsOnDevice()  # one host-to-device copy of the lengths per batch
+            left, right = (x, g) if is_conv1d(module) else (g, x)
+            total = acc if acc.device == x.device else torch.zeros_like(acc, device=x.device)
+            accumulate_abs_grad(total, left, right, lengths, self._lengths)
+            if total is not acc:
+                acc.add_(total.to(acc.device))
+            return
         product = _fp32_product(x)
         if product is torch.bmm:  # fp32 inputs (CPU, or a float32 model)
             x, g = x.to(torch.float32), g.to(torch.float32)
-        # Per-sample weight gradient: Linear stores (out, in) -> g^T x; Conv1D stores (in, out) -> x^T g.
         left, right = (x, g) if is_conv1d(module) else (g, x)
         if len(set(lengths)) > 1 or lengths[0] != x.shape[1]:
             # Ragged batch: one product per sample over its real tokens only, so padding costs nothing here.

@@ -25,22 +25,54 @@ DEFAULT_KEEP = 1e-2
 MIN_KEPT = 4096  # a small matrix keeps at least this many entries (all of them, if it has fewer): a few KiB
 
 
-def rank_order(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """Flat indices of the k largest entries of `flat`, largest first, ties broken by the lower index: the
-    order selection uses. Runs on `flat`'s device."""
+# The candidates' threshold is read off a strided sample of 1 in _SAMPLE_STRIDE entries; a prime stride, so that
+# the sample of a (rows x columns) matrix does not fall on a few columns (LLM input features differ by orders of
+# magnitude).
+_SAMPLE_STRIDE = 67
+
+
+def _candidates(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Ascending flat indices of every entry >= some threshold t no larger than the k-th largest value: a superset
+    of the top k and of every entry tied with the k-th, about 1.25 k of them. t comes from a strided sample; when
+    the sample misleads (fewer than k entries reach it), t is the exact k-th value."""
+    sample = flat[::_SAMPLE_STRIDE]
+    wanted = math.ceil(1.25 * k / _SAMPLE_STRIDE) + 16
+    if wanted < sample.numel():
+        threshold = torch.topk(sample, wanted, sorted=False).values.min()
+        candidates = (flat >= threshold).nonzero().squeeze(1)
+        if candidates.numel() >= k:
+            return candidates
+    threshold = torch.topk(flat, k, sorted=False).values.min()
+    return (flat >= threshold).nonzero().squeeze(1)
+
+
+def rank_top(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat indices, values) of the k largest entries of `flat`, largest first, ties broken by the lower index:
+    the order selection uses. Runs on `flat`'s device.
+
+    One pass finds the candidates (`_candidates`: ascending indices, a few more than k), and one stable sort of
+    their values, descending, puts them in rank order: equal values keep their ascending index order. Full
+    passes over the matrix: a compare and a nonzero (plus a top-k of a 1/67 sample), not a top-k of it all."""
     n = flat.numel()
     k = max(0, min(int(k), n))
     if k == 0:
-        return torch.zeros(0, dtype=torch.int64, device=flat.device)
-    if k < n:
-        threshold = torch.topk(flat, k, sorted=False).values.min()
-        above = (flat > threshold).nonzero().squeeze(1)
-        ties = (flat == threshold).nonzero().squeeze(1)[: k - above.numel()]
-        chosen = torch.cat([above, ties]).sort().values  # ascending index: a stable sort keeps ties in index order
-    else:
-        chosen = torch.arange(n, device=flat.device)
-    order = torch.sort(flat[chosen], descending=True, stable=True).indices
-    return chosen[order]
+        return torch.zeros(0, dtype=torch.int64, device=flat.device), flat[:0]
+    candidates = _candidates(flat, k) if k < n else None
+    values = flat if candidates is None else flat[candidates]
+    if candidates is not None and candidates.numel() > 4 * k:  # many entries tie with the k-th (e.g. zeros)
+        threshold = torch.topk(values, k, sorted=False).values.min()
+        above, tied = values > threshold, values == threshold
+        chosen = above | (tied & (tied.cumsum(0) <= k - int(above.sum())))  # the lowest-index ties
+        candidates, values = candidates[chosen], values[chosen]
+    ranked = torch.sort(values, descending=True, stable=True)
+    order = ranked.indices[:k]
+    return (order if candidates is None else candidates[order]), ranked.values[:k]
+
+
+def rank_order(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat indices of the k largest entries of `flat`, largest first, ties broken by the lower index: the
+    order selection uses. Runs on `flat`'s device."""
+    return rank_top(flat, k)[0]
 
 
 def keep_count(keep: float, numel: int) -> int:
@@ -177,8 +209,8 @@ class ImportanceScores(Mapping):
             entries = {}
             for name, shape in self._shapes.items():
                 flat = self[name].reshape(-1)
-                order = rank_order(flat, keep_count(keep, flat.numel()))
-                entries[name] = (order.cpu(), flat[order].cpu())
+                order, values = rank_top(flat, keep_count(keep, flat.numel()))
+                entries[name] = (order.cpu(), values.cpu())
         return ImportanceScores.from_top(entries, self._shapes, keep, self.metadata)
 
     @classmethod
@@ -310,9 +342,10 @@ def scores_from_accumulators(scores: Mapping[str, torch.Tensor], metadata: Mappi
     entries, shapes = {}, {}
     for name, tensor in scores.items():
         flat = tensor.reshape(-1)
-        order = rank_order(flat, keep_count(keep, flat.numel()))
-        entries[name], shapes[name] = (order.cpu(), flat[order].cpu()), tuple(tensor.shape)
+        order, values = rank_top(flat, keep_count(keep, flat.numel()))
+        entries[name], shapes[name] = (order.cpu(), values.cpu()), tuple(tensor.shape)
     return ImportanceScores.from_top(entries, shapes, keep, metadata)
 
 
-__all__ = ["DEFAULT_KEEP", "ImportanceScores", "check_keep", "keep_count", "rank_order", "scores_from_accumulators"]
+__all__ = ["DEFAULT_KEEP", "ImportanceScores", "check_keep", "keep_count", "rank_order", "rank_top",
+           "scores_from_accumulators"]

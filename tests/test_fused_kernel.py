@@ -1,0 +1,190 @@
+"""The fused per-sample |gradient| kernel (scoring/fused_abs_grad.py) and its dispatch.
+
+The kernel tests run it on CPU tensors through Triton's interpreter (TRITON_INTERPRET=1) and skip where triton is
+not installed; the dispatch tests run everywhere."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from conftest import make_model, random_examples
+from dean_hf import DeanError, score_importance
+from dean_hf.plan import _module_transient, estimate_memory
+from dean_hf.scoring.scores import rank_order
+from dean_hf.targets import find_target_modules
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+@pytest.fixture
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def reference(a, b, lengths):
+    """sum_i |a_i^T b_i| over each sample's real tokens, in float64."""
+    out = torch.zeros(a.shape[2], b.shape[2], dtype=torch.float64)
+    for i, n in enumerate(lengths):
+        out += (a[i, :n].double().T @ b[i, :n].double()).abs()
+    return out
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def max_rel(a, b):
+    return max(rel(a[n], b[n]) for n in b)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype,batch,tokens,m,n,lengths,blocks", [
+    (torch.float32, 3, 37, 40, 50, [37, 20, 5], (32, 32, 16, 4, 1)),  # ragged; partial tiles in every direction
+    (torch.bfloat16, 3, 37, 40, 50, [37, 20, 5], (32, 32, 16, 4, 1)),
+    (torch.float16, 2, 16, 40, 24, [16, 16], (32, 16, 16, 4, 1)),      # equal lengths: no lengths tensor
+    (torch.float32, 1, 9, 33, 17, [9], None),                          # one sample, the default tile
+])
+def test_kernel_equals_per_sample_products(interpreter, dtype, batch, tokens, m, n, lengths, blocks):
+    from dean_hf.scoring.fused_abs_grad import accumulate_abs_grad
+
+    g = torch.Generator().manual_seed(batch * tokens)
+    a = torch.randn(batch, tokens, m, generator=g).to(dtype)
+    b = torch.randn(batch, n, tokens, generator=g).to(dtype).transpose(1, 2)  # strided, as a gradient can be
+    for i, length in enumerate(lengths):  # padding holds NaN: it must never be read
+        a[i, length:] = float("nan")
+        b[i, length:] = float("nan")
+    acc = torch.rand(m, n, generator=g)  # accumulates onto what is there
+    expected = reference(a, b, lengths) + acc.double()
+    accumulate_abs_grad(acc, a, b, lengths, blocks=blocks)
+    assert torch.isfinite(acc).all()
+    assert rel(acc, expected) <= 1e-6  # 16-bit products are exact in fp32: fp32 sums either way
+
+
+# A few modules of each kind: the interpreter takes about a second per launch.
+TARGETS = {"llama": ["q_proj", "down_proj"], "gpt2": ["attn.c_attn", "mlp.c_proj"]}
+
+
+@needs_triton
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # Linear (out x in) and GPT-2 Conv1D (in x out)
+def test_scores_with_the_kernel_equal_the_batched_products(interpreter, arch):
+    model = make_model(arch)
+    examples = random_examples(4)  # ragged lengths, a prompt of -100 labels: the response-only loss
+    kwargs = dict(batch_size=3, keep=1.0, target_modules=TARGETS[arch], show_progress=False)
+    off = score_importance(model, examples, fused_kernel="off", **kwargs)
+    on = score_importance(model, examples, fused_kernel="on", **kwargs)
+    assert len(on) == 4 and max_rel(on, off) <= 1e-6
+    if arch == "llama":  # the backward stopped below each pass's layers
+        per_pass = score_importance(model, examples, fused_kernel="on", layers_per_pass=1, **kwargs)
+        assert max_rel(per_pass, off) <= 1e-6
+
+
+@needs_triton
+def test_bf16_scores_with_the_kernel_select_the_same_weights(interpreter):
+    model = make_model("llama", dtype=torch.bfloat16)
+    examples = random_examples(6, seed=3)
+    kwargs = dict(batch_size=4, keep=1.0, target_modules=["v_proj", "up_proj"], show_progress=False)
+    off = score_importance(model, examples, fused_kernel="off", **kwargs)
+    on = score_importance(model, examples, fused_kernel="on", **kwargs)
+    assert max_rel(on, off) <= 1e-5
+    for name in off:
+        flat_on, flat_off = on[name].reshape(-1), off[name].reshape(-1)
+        k = flat_off.numel() // 10
+        a, b = set(rank_order(flat_on, k).tolist()), set(rank_order(flat_off, k).tolist())
+        kth = flat_off[rank_order(flat_off, k)[-1]]
+        # Ties aside: a weight in one top set only must score within rounding of the k-th value.
+        assert all(abs(flat_off[i] - kth) <= 1e-5 * kth for i in a ^ b), name
+
+
+def test_auto_on_the_cpu_takes_the_batched_products(monkeypatch):
+    import dean_hf.scoring.fused_abs_grad as fused
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the fused kernel ran")
+
+    monkeypatch.setattr(fused, "accumulate_abs_grad", fail)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # 'auto' never takes the (slow) interpreter
+    model = make_model("llama")
+    examples = random_examples(4)
+    auto = score_importance(model, examples, batch_size=2, keep=1.0, show_progress=False)
+    off = score_importance(model, examples, batch_size=2, keep=1.0, fused_kernel="off", show_progress=False)
+    assert all(torch.equal(auto[n], off[n]) for n in off)  # the same code path: bit-exact
+
+
+def test_off_is_the_batched_products_bit_exactly(monkeypatch):
+    """fused_kernel='off' never reaches the kernel, even where it could run, and gives the scores of the batched
+    per-sample products bit for bit (those of the CPU, where nothing else runs)."""
+    import dean_hf.scoring.fused_abs_grad as fused
+
+    model = make_model("gpt2")
+    examples = random_examples(5)
+    cpu = score_importance(model, examples, batch_size=3, keep=1.0, show_progress=False)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the fused kernel ran")
+
+    monkeypatch.setattr(fused, "fused_kernel_unavailable", lambda *a, **k: None)  # "it could run here"
+    monkeypatch.setattr(fused, "accumulate_abs_grad", fail)
+    off = score_importance(model, examples, batch_size=3, keep=1.0, fused_kernel="off", show_progress=False)
+    assert all(torch.equal(off[n], cpu[n]) for n in cpu)
+    with pytest.raises(AssertionError, match="the fused kernel ran"):  # and "auto" would have taken it
+        score_importance(model, examples, batch_size=3, keep=1.0, show_progress=False)
+
+
+def test_on_where_the_kernel_cannot_run_is_an_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = make_model("llama")
+    flags = [p.requires_grad for p in model.parameters()]
+    examples = random_examples(2)
+    why = "triton cannot be imported" if importlib.util.find_spec("triton") is None else "not a CUDA device"
+    with pytest.raises(DeanError, match=f"fused_kernel='on' but the fused kernel cannot run: .*{why}"):
+        score_importance(model, examples, fused_kernel="on", show_progress=False)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert not any(m._forward_hooks for m in model.modules())
+    with pytest.raises(DeanError, match="has no fused kernel"):
+        score_importance(model, examples, scorer="wanda", fused_kernel="on", show_progress=False)
+    with pytest.raises(DeanError, match="fused_kernel='yes'"):
+        score_importance(model, examples, fused_kernel="yes", show_progress=False)
+
+
+def test_on_without_triton_says_how_to_install(monkeypatch):
+    import dean_hf.scoring.fused_abs_grad as fused
+
+    monkeypatch.setattr(fused, "triton", None)
+    monkeypatch.setattr(fused, "_TRITON_ERROR", "triton cannot be imported (No module named 'triton')")
+    with pytest.raises(DeanError, match=r"pip install 'dean_hf\[gpu\]'"):
+        score_importance(make_model("llama"), random_examples(2), fused_kernel="on", show_progress=False)
+
+
+def test_plan_drops_the_per_sample_transient_with_the_kernel():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=512, max_position_embeddings=512)
+    plain = estimate_memory(config, dtype="bfloat16", batch_size=4, max_length=256)
+    fused = estimate_memory(config, dtype="bfloat16", batch_size=4, max_length=256, fused_kernel=True)
+    from dean_hf.plan import meta_model
+
+    targets = find_target_modules(meta_model(config, torch.bfloat16))
+    module_peak = max(_module_transient(m, 4, 256) for m in targets.values())
+    assert module_peak > 0 and plain.transient["device"] == module_peak  # the per-sample block dominates here
+    assert fused.transient["device"] < plain.transient["device"]
+    assert plain.total("scoring_peak") - fused.total("scoring_peak") == module_peak - fused.transient["device"]
+    assert fused.total("weights") == plain.total("weights") and fused.total("activations") == plain.total("activations")
+
+
+def test_dean_plan_fused_kernel_flag(capsys):
+    from pathlib import Path
+
+    from dean_hf.cli import main
+
+    config = Path(__file__).parent / "fixtures" / "configs" / "llama-2-7b.json"
+    tables = []
+    for flag in ([], ["--fused-kernel"]):
+        # few response tokens: the loss's logits are small, and the per-sample block is the largest temporary
+        assert main(["plan", str(config), "--batch-size", "4", "--max-length", "512", "--response-tokens", "8",
+                     *flag]) == 0
+        tables.append(capsys.readouterr().out)
+    transient = [float(t.splitlines()[2].split()[4]) for t in tables]  # the device row's transient column
+    assert transient[1] < transient[0]
+
