@@ -315,7 +315,8 @@ def mask_header_cases(world: World):
     dropped = {k: v for k, v in meta["shapes"].items() if k != name}
     yield "shape dropped", with_meta(dumps({**meta, "shapes": dropped})), "refuse"
     yield "shape added", with_meta(dumps({**meta, "shapes": {**meta["shapes"], "lm_head": [320, 32]}})), "refuse"
-    for text in ["", "{", "[]", "null", "1", '"x"', "[" * 100_000, "[" * (16 << 20), "[" * 65 + "]" * 65, "1" * 5000, "NaN", '"\\ud800"', "\ud800"]:
+    for text in ["", "{", "[]", "null", "1", '"x"', "[" * 100_000, "[" * (16 << 20), "[" * 65 + "]" * 65,
+                 "1" * 5000, "NaN", '"\\ud800"', "\ud800"]:
         yield f"meta text {quote(text, 30)}", with_meta(text), "refuse"
     yield "no dean_hf key", join_safetensors({**header, "__metadata__": {}}, data), "refuse"
     yield "no __metadata__", join_safetensors({k: v for k, v in header.items() if k != "__metadata__"}, data), "refuse"

@@ -63,7 +63,8 @@ def test_a_dimension_without_a_judged_question_gives_minus_infinity():
 
 def test_equal_objectives_choose_the_smaller_edit():
     trials = [{"label": "big", "objective": 0.1, "masked": 500}, {"label": "small", "objective": 0.1, "masked": 20},
-              {"label": "worse", "objective": 0.05, "masked": 1}, {"label": "small too", "objective": 0.1, "masked": 20}]
+              {"label": "worse", "objective": 0.05, "masked": 1},
+              {"label": "small too", "objective": 0.1, "masked": 20}]
     assert choose(trials)["label"] == "small"  # fewer changed weights wins; then the first in grid order
     assert choose(trials[::-1])["label"] == "small too"
     trials.append({"label": "best", "objective": 0.2, "masked": 10_000})
