@@ -34,7 +34,7 @@ MODULES = {
         "tests/test_tune.py::test_a_bad_grid_is_refused_before_any_work"]),
     "plan": ("dean_hf/plan.py", ["tests/test_bite_plan.py"]),
     "io": ("dean_hf/io.py", ["tests/test_bite_io.py"]),
-    "mask": ("dean_hf/mask.py", ["tests/test_mask.py"]),
+    "mask": ("dean_hf/mask.py", ["tests/test_mask.py", "tests/test_bite_mask.py"]),
     "expression": ("dean_hf/expression.py", [
         "tests/test_bite_expression.py", "tests/test_variants.py::test_expression_precedence_by_hand",
         "tests/test_variants.py::test_expression_errors_name_the_problem_and_the_position",

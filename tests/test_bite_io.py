@@ -102,3 +102,25 @@ def test_non_finite_numbers_are_refused(text):
     with pytest.raises(DeanError, match="corrupt"):
         parse_json(text, "x")
     assert parse_json("-1.7976931348623157e308", "x") == -1.7976931348623157e308  # the largest finite float passes
+
+
+def test_messages_name_the_file_the_value_and_the_type(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    path = tmp_path / "dean_config.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(DeanError, match=rf"^config '{tmp_path}/dean_config.json' holds a JSON list, expected an"):
+        read_json(path, "config")
+    path.write_text("[" * 65)
+    with pytest.raises(DeanError, match=rf"^config '{tmp_path}/dean_config.json' nests deeper"):
+        read_json(path, "config")
+    with pytest.raises(DeanError, match=r"holds the number '-1e400', outside the range of a float"):
+        parse_json('{"a": -1e400}', "x")
+    mask = tmp_path / "dean_mask.safetensors"
+    save_file({"m": torch.zeros(1, dtype=torch.int64)}, str(mask), metadata={"dean_hf": "[1"})
+    with pytest.raises(DeanError, match=rf"^the header of mask file '{mask}' is not valid JSON"):
+        io.read_safetensors(mask, "mask")
+    too_long = tmp_path / ("n" * 300)  # the OS refuses the name: "does not exist", not a read error
+    with pytest.raises(DeanError, match="does not exist"):
+        read_json(too_long, "config")

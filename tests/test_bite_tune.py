@@ -72,3 +72,15 @@ def test_equal_objectives_choose_the_smaller_edit():
     excluded = [{"label": "x", "objective": -math.inf, "masked": 9}, {"label": "y", "objective": -math.inf,
                                                                       "masked": 3}]
     assert choose(excluded)["label"] == "y"
+
+
+def test_the_split_seed_defaults_to_0_and_the_grid_spells_each_setting():
+    from dean_hf.experiments.tune import Setting, TuneSpace
+
+    assert split_questions(QUESTIONS, dev_size=4) == split_questions(QUESTIONS, dev_size=4, seed=0)
+    assert split_questions(QUESTIONS, dev_size=4) != split_questions(QUESTIONS, dev_size=4, seed=1)
+    space = TuneSpace(qs=(0.1,), ps=(0.2,), module_sets=("mlp",), variants=("zero", "scale"), scales=(0.5,))
+    assert space.settings() == [Setting("mlp", 0.1, 0.2, "zero", 0.0, "snip", 128),
+                                Setting("mlp", 0.1, 0.2, "scale", 0.5, "snip", 128)]
+    assert Objective().describe() == ("maximise min(gain in fairness and privacy awareness) on the development "
+                                      "questions, subject to perplexity within +3% of the base model's")
