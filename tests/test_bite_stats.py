@@ -78,3 +78,19 @@ def test_corrected_interval_draws_sensitivity_and_specificity_from_their_own_cou
     assert other.ci95 == pytest.approx(jeffreys_interval(60, 100, swapped, 3000, 3), abs=1e-12)
     width = corrected.ci95[1] - corrected.ci95[0]
     assert abs((other.ci95[1] - other.ci95[0]) - width) > 0.02
+
+
+def test_wilson_interval_known_values_and_agreement_to_dict():
+    from dean_hf.eval.stats import wilson_interval
+
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)  # the textbook 5 of 10
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    agreement = JudgeAgreement("privacy", n=20, true_aware=9, false_unaware=1, false_aware=2, true_unaware=8,
+                               source="rules")
+    data = agreement.to_dict()
+    assert data == {"dimension": "privacy", "n": 20, "true_aware": 9, "false_unaware": 1, "false_aware": 2,
+                    "true_unaware": 8, "source": "rules", "accuracy": 0.85, "kappa": pytest.approx(0.7),
+                    "sensitivity": 0.9, "specificity": 0.8}
+    assert JudgeAgreement.from_dict(data) == agreement
