@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # module -> (source file, its fast test files). Slow model-level tests stay out: they cost minutes per mutant.
 MODULES = {
     "stats": ("dean_hf/eval/stats.py", ["tests/test_stats.py", "tests/test_bite_stats.py"]),
-    "selection": ("dean_hf/selection.py", ["tests/test_selection.py", "tests/test_variants.py"]),
+    "selection": ("dean_hf/selection.py", ["tests/test_selection.py", "tests/test_variants.py",
+                                           "tests/test_bite_selection.py"]),
     "tune": ("dean_hf/experiments/tune.py", [
         "tests/test_bite_tune.py", "tests/test_tune.py::test_split_is_disjoint_reproducible_and_stratified",
         "tests/test_tune.py::test_objective_is_the_smaller_gain_within_the_perplexity_budget",

@@ -44,3 +44,11 @@ def test_load_messages_name_the_file_and_what_is_wrong(tmp_path):
     write(path, {**meta, "shapes": {"m": [2, 1]}}, tensors)
     with pytest.raises(DeanError, match=rf"^'{path}': .*\(2, 1\).* The file is corrupt: write it again\.$"):
         NeuronMask.load(path)
+    write(path, {**meta, "format_version": 0}, tensors)
+    with pytest.raises(DeanError, match=rf"^'{path}' has format_version=0, expected an integer from 1 to 1: the file "
+                       r"is corrupt; write it again\.$"):
+        NeuronMask.load(path)
+    write(path, {**meta, "metadata": [1]}, tensors)
+    with pytest.raises(DeanError, match=rf"^'{path}' has metadata=\[1\], expected a JSON object: the file is "
+                       r"corrupt; write it again\.$"):
+        NeuronMask.load(path)
