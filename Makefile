@@ -9,8 +9,10 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# e.g. make mutants MUTANTS_ARGS="io expression" or MUTANTS_ARGS="stats --sample 40 --seed 0"
+MUTANTS_ARGS ?=
 
-.PHONY: install demo test test-floors bench-quick clean
+.PHONY: install demo test test-floors bench-quick mutants clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +40,12 @@ bench-quick: install
 	cd benchmarks && $(abspath $(BIN))/python bench_select.py --quick
 	cd benchmarks && $(abspath $(BIN))/python bench_scale.py --quick
 	cd benchmarks && $(abspath $(BIN))/python reproduce_reference.py --quick --out $(abspath dean_runs/reference-quick)
+
+# Mutation testing (mutmut 3), module by module against each module's own fast tests; scores in
+# benchmarks/MUTANTS.md. Long (seconds per mutant): not run by CI.
+mutants: install
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python benchmarks/mutants.py $(MUTANTS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(FLOORS_VENV) dean_runs

@@ -22,6 +22,7 @@ _MAX_MODULES = 1_000_000
 _MAX_NAME = 4096
 _MAX_PROBES = 1024  # per module; this version writes PROBES
 _POSITION = re.compile(r"0|[1-9]\d{0,18}", re.ASCII)  # a canonical decimal int below 10**19
+_MAX_POSITION = 2 ** 63 - 1  # positions become an int64 tensor
 _SKIP = "pass check_base_model=False to load without the base-model check"
 
 
@@ -50,8 +51,9 @@ def validate_fingerprint(fingerprint: Any) -> None:
         if not isinstance(values, Mapping) or len(values) > _MAX_PROBES:
             raise _malformed(where, values, f"an object of at most {_MAX_PROBES} \"<flat index>\": value entries")
         for pos, value in values.items():
-            if not isinstance(pos, str) or not _POSITION.fullmatch(pos):
-                raise _malformed(f"{where} key", pos, "a flat index written as a decimal string, e.g. \"7\"")
+            if not isinstance(pos, str) or not _POSITION.fullmatch(pos) or int(pos) > _MAX_POSITION:
+                raise _malformed(f"{where} key", pos, "a flat index written as a decimal string, e.g. \"7\", "
+                                 f"at most {_MAX_POSITION} (2**63 - 1)")
             if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
                 raise _malformed(f"{where}[{pos!r}]", value, "a finite float (a weight value)")
 

@@ -204,6 +204,10 @@ def resolve_artifact(dir_or_repo_id: str | os.PathLike, *, revision: Optional[st
                      token: Optional[str] = None, subfolder: Optional[str] = None, cache_dir: Optional[str] = None,
                      local_files_only: bool = False) -> Path:
     """The local folder holding the artifact: `dir_or_repo_id` (/ `subfolder`), or its Hub download (cached)."""
+    if subfolder is not None and not isinstance(subfolder, (str, os.PathLike)):
+        raise DeanError(f"subfolder={quote(subfolder)} ({type(subfolder).__name__}): expected a string, the name of "
+                        "a folder inside the artifact (e.g. subfolder='privacy'), or None.")
+    subfolder = None if subfolder is None else os.fspath(subfolder)
     text = str(dir_or_repo_id)
     folder = _local_folder(Path(text))
     if folder is not None:

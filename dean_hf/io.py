@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -158,26 +159,31 @@ def read_safetensors(path: str | os.PathLike, what: str, *, lazy: bool = False) 
     return tensors, meta
 
 
-def _depth(text: str) -> int:
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
+# One match per JSON string (escapes included, so brackets inside strings are skipped whole) or per bracket: the
+# depth scan runs in the regex engine and its Python loop sees only strings and brackets.
+_STRUCTURE = re.compile(r'"(?:[^"\\]+|\\.)*"?|[\[\]{}]', re.DOTALL)
+
+
+def _nests_deeper(text: str, limit: int) -> bool:
+    """True when `text` opens more than `limit` arrays/objects at once (brackets inside strings do not count).
+
+    It stops reading at the first bracket past the limit, so a huge file of "[" is refused at once."""
+    depth = 0
+    for match in _STRUCTURE.finditer(text):
+        ch = text[match.start()]
+        if ch in "[{":
             depth += 1
-            deepest = max(deepest, depth)
+            if depth > limit:
+                return True
         elif ch in "]}":
             depth -= 1
-    return deepest
+    return False
 
 
 def parse_json(text: str, what: str) -> Any:
     """`json.loads` that raises only DeanError: corrupt text, nesting deeper than 64, integers over Python's
     digit limit, and non-finite numbers (`1e400`, NaN) are refused, named by `what`."""
-    if _depth(text) > _MAX_JSON_DEPTH:
+    if _nests_deeper(text, _MAX_JSON_DEPTH):  # the guard: json's own RecursionError comes only near 1,000
         raise DeanError(f"{what} nests deeper than {_MAX_JSON_DEPTH} levels: it is corrupt or not dean_hf's.")
 
     def refuse_constant(name: str) -> Any:

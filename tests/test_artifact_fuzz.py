@@ -139,14 +139,14 @@ class World:
         (self.work / MASK).write_bytes(self.mask_bytes if mask is None else mask)
         return self.work
 
-    def check(self, label: str, folder, expect: str = "any") -> None:
+    def check(self, label: str, folder, expect: str = "any", **kwargs) -> None:
         """Load `folder` onto the model: a DeanError with a short message and the weights untouched, or a valid
         load whose mask is the original (unless the config has no digest), zeroed, reversible, and whose config
         writes back and renders a model card. `expect` is "refuse", "load" or "any"."""
         self.counts["cases"] += 1
         try:
             with watchdog(10):
-                editor = DeanEditor.from_pretrained(self.model, folder)
+                editor = DeanEditor.from_pretrained(self.model, folder, **kwargs)
         except DeanError as err:
             self.counts["refused"] += 1
             if len(str(err)) > MAX_MESSAGE:
@@ -265,8 +265,10 @@ def fingerprint_variants(world: World):
         yield f"module={quote(junk, 30)}", {"probes": {**fp["probes"], name: junk}}, "load" if empty else "refuse"
         yield f"value={quote(junk, 30)}", {"probes": {**fp["probes"], name: {pos: junk}}}, ("any" if junk in (
             0.5, 1.5, -0.0, Raw("1e-400"), Raw("2.0")) else "refuse")
-    for key in ["-1", "007", "1" * 30, "abc", "", "１", " 1", "1.0", "\ud800"]:
+    for key in ["-1", "007", "1" * 30, "abc", "", "１", " 1", "1.0", "\ud800", "9999999999999999999",
+                str(2**63)]:  # 19 digits that overflow int64 too
         yield f"position {key!r}", {"probes": {**fp["probes"], name: {key: 0.0}}}, "refuse"
+    yield "position 2**63 - 1", {"probes": {**fp["probes"], name: {str(2**63 - 1): 0.0}}}, "load"  # past the end
 
 
 def config_cases(world: World, rng: random.Random, n_random: int):
@@ -282,7 +284,8 @@ def config_cases(world: World, rng: random.Random, n_random: int):
     for value, expect in [(None, "load"), ("0" * 64, "refuse"), (digest.upper(), "refuse"), (digest[:-1], "refuse"),
                           (digest[1:] + digest[0], "refuse"), (digest + "0", "refuse")]:
         yield f"mask_digest={quote(value, 20)}", {**base, "mask_digest": value}, expect
-    for whole in [{}, [], None, 1, "x", Raw("[" * 100_000), Raw("1" * 5000), Raw("1e400"), Raw("NaN"),
+    for whole in [{}, [], None, 1, "x", Raw("[" * 100_000), Raw("[" * (64 << 20)), Raw("[" * 65), Raw("[" * 64),
+                  Raw('"\\"' + "[" * 65), Raw("1" * 5000), Raw("1e400"), Raw("NaN"),
                   Raw('"\\ud800"')]:
         yield f"config is {quote(whole, 30)}", whole, "load" if isinstance(whole, dict) and not whole else "any"
     yield "duplicated key", Raw(world.config_text.rstrip()[:-1] + ', "q": 7}'), "refuse"
@@ -312,7 +315,8 @@ def mask_header_cases(world: World):
     dropped = {k: v for k, v in meta["shapes"].items() if k != name}
     yield "shape dropped", with_meta(dumps({**meta, "shapes": dropped})), "refuse"
     yield "shape added", with_meta(dumps({**meta, "shapes": {**meta["shapes"], "lm_head": [320, 32]}})), "refuse"
-    for text in ["", "{", "[]", "null", "1", '"x"', "[" * 100_000, "1" * 5000, "NaN", '"\\ud800"', "\ud800"]:
+    for text in ["", "{", "[]", "null", "1", '"x"', "[" * 100_000, "[" * (16 << 20), "[" * 65 + "]" * 65,
+                 "1" * 5000, "NaN", '"\\ud800"', "\ud800"]:
         yield f"meta text {quote(text, 30)}", with_meta(text), "refuse"
     yield "no dean_hf key", join_safetensors({**header, "__metadata__": {}}, data), "refuse"
     yield "no __metadata__", join_safetensors({k: v for k, v in header.items() if k != "__metadata__"}, data), "refuse"
@@ -410,6 +414,14 @@ def folder_cases(world: World, root: Path):
     yield "folder: a file, not a folder", world.original / CONFIG, "refuse"
 
 
+def api_cases(world: World):
+    """Keyword arguments of `from_pretrained` of the wrong type or value, on the original artifact."""
+    for value in [5, 0, 1.5, True, b"default", ["x"], {"a": 1}, object(), "no-such-subfolder", "x" * 300, "a\0b"]:
+        yield f"subfolder={quote(value, 30)}", world.original, "refuse", {"subfolder": value}
+    for value in [None, "", "../original", Path(".")]:  # no subfolder, or one that leads back to the artifact
+        yield f"subfolder={value!r}", world.original, "load", {"subfolder": value}
+
+
 def test_fuzz_artifacts_refused_or_loaded_model_unchanged(world, tmp_path):
     """A few thousand mutated artifacts: each is a DeanError (short message, weights bit-identical) or a valid
     load (the saved mask, zeroed and reversible, whose config saves and renders a card)."""
@@ -427,6 +439,8 @@ def test_fuzz_artifacts_refused_or_loaded_model_unchanged(world, tmp_path):
         world.check(label, world.files(mask=mask), expect)
     for label, folder, expect in folder_cases(world, tmp_path):
         world.check(label, folder, expect)
+    for label, folder, expect, kwargs in api_cases(world):
+        world.check(label, folder, expect, **kwargs)
     world.check("the original artifact", world.original, "load")
     counts = world.counts
     assert not world.failures, f"{len(world.failures)} of {counts['cases']} cases failed:\n" + \
@@ -552,7 +566,7 @@ def test_malformed_fingerprint_value_is_a_dean_error(world, value):
         DeanConfig(base_model_fingerprint=fingerprint)
 
 
-@pytest.mark.parametrize("position", ["1" * 5000, "-1", "abc", "007", 3])
+@pytest.mark.parametrize("position", ["1" * 5000, "-1", "abc", "007", 3, "9999999999999999999", str(2**63)])
 def test_malformed_fingerprint_position_is_a_dean_error(world, position):
     modules = {n: m for n, m in world.model.named_modules() if n in world.mask}
     fingerprint = {"probes": {sorted(world.mask)[0]: {position: 0.5}}}
@@ -599,3 +613,43 @@ def test_digest_covers_names_shapes_and_indices(world):
     digests = {mask.digest(), renamed.digest(), reshaped.digest(), moved.digest()}
     assert len(digests) == 4 and all(len(d) == 64 for d in digests)
     assert NeuronMask(indices, shapes, {"other": "metadata"}).digest() == mask.digest()
+
+
+def test_the_largest_int64_position_is_valid_and_past_the_end(world):
+    modules = {n: m for n, m in world.model.named_modules() if n in world.mask}
+    fingerprint = weight_fingerprint(modules)
+    name = sorted(fingerprint["probes"])[0]
+    fingerprint["probes"][name][str(2**63 - 1)] = 0.5  # no weight matrix is that large: not compared
+    validate_fingerprint(fingerprint)
+    check_fingerprint(fingerprint, modules, world.mask)
+
+
+@pytest.mark.parametrize("subfolder", [5, 2.0, True, b"privacy", ["privacy"]])
+def test_a_subfolder_of_the_wrong_type_is_named(world, subfolder):
+    message = str(pytest.raises(DeanError, DeanEditor.from_pretrained, world.model, world.original,
+                                subfolder=subfolder).value)
+    assert f"subfolder={subfolder!r} ({type(subfolder).__name__}): expected a string" in message
+    assert world.unchanged()
+
+
+def test_the_depth_scan_stops_at_the_limit_in_a_huge_config_and_mask_header(world, monkeypatch):
+    """A 64 MiB config of "[" and a 16 MiB mask header of "[" are refused after reading 65 brackets of each."""
+    import dean_hf.io as io
+
+    taken = []
+    pattern = io._STRUCTURE
+
+    class Counting:
+        def finditer(self, text):
+            taken.append(0)
+            for match in pattern.finditer(text):
+                taken[-1] += 1
+                yield match
+
+    monkeypatch.setattr(io, "_STRUCTURE", Counting())
+    load_refused(world, world.files(config="[" * (64 << 20)), "nests deeper than 64 levels")
+    assert taken == [65]
+    taken.clear()
+    meta = join_safetensors({**world.header, "__metadata__": {"dean_hf": "[" * (16 << 20)}}, world.data)
+    load_refused(world, world.files(mask=meta), "nests deeper than 64 levels")
+    assert taken[-1] == 65  # the config (read first) is an ordinary one

@@ -153,6 +153,12 @@ class Objective:
         return min(gains) if all(g == g for g in gains) else -math.inf
 
 
+def choose(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The trial with the highest objective; among equal objectives, the one that changes fewer weights (the
+    smaller edit); among those, the first in grid order."""
+    return max(trials, key=lambda r: (r["objective"], -r["masked"]))
+
+
 def _mask_for(setting: Setting, scores: Mapping[str, Any]):
     from ..selection import select_by_expression, select_coupled_neurons
 
@@ -230,7 +236,7 @@ def tune(model: nn.Module, tokenizer: Any, sources: Mapping[str, Any], questions
     trials = [done[s.label()] for s in settings]
     for row in trials:  # the stated objective decides, also for resumed rows
         row["objective"] = objective.value(row)
-    chosen = max(trials, key=lambda r: (r["objective"], -r["masked"]))
+    chosen = choose(trials)
     confirmation, answers = _confirm(model, tokenizer, test, chosen, scores_of, kw) \
         if chosen["objective"] > -math.inf else (None, [])
     data = {"objective": objective.describe(), "split": {"seed": seed, "dev": {d: len(q) for d, q in dev.items()},
@@ -370,5 +376,5 @@ def _plot(trials: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return path
 
 
-__all__ = ["CONTRASTIVE", "Objective", "Setting", "TuneSpace", "VARIANTS", "split_questions", "tune"]
+__all__ = ["CONTRASTIVE", "Objective", "Setting", "TuneSpace", "VARIANTS", "choose", "split_questions", "tune"]
 
