@@ -79,13 +79,13 @@ def test_layers_that_fit_splits_the_accumulators_over_the_devices():
 
 
 def test_layers_per_pass_is_the_free_memory_over_one_layers_accumulators():
-    blocks = [nn.Identity() for _ in range(32)]
-    plan = hand_plan(weights=10, accumulators=32, activations=2, transient=1)  # needs 45 GiB
-    assert _layers_per_pass(plan, {0: 30 * GIB, "disk": 500 * GIB}, blocks, {}, None) == 17  # 30 - 13 over 1 GiB
-    assert _layers_per_pass(plan, {0: 20 * GIB, "cpu": 10 * GIB}, blocks, {}, None) == 17  # the CPU's memory counts
-    assert _layers_per_pass(plan, {0: 45 * GIB}, blocks, {}, None) is None and not plan.notes  # exactly fits
-    assert _layers_per_pass(plan, {0: 44 * GIB}, blocks, {}, None) == 31
-    assert _layers_per_pass(plan, {0: 14 * GIB}, blocks, {}, None) == 1 and not plan.notes  # one layer, just
-    assert _layers_per_pass(plan, {0: 13.5 * GIB}, blocks, {}, None) == 1
-    assert len(plan.notes) == 1 and "Even one layer's accumulators do not fit" in plan.notes[0]
-    assert _layers_per_pass(plan, {0: 1 * GIB}, [], {}, None) is None  # no decoder layers: nothing to split
+    plan = hand_plan(weights=10, accumulators=32, activations=2, transient=1)  # 13 GiB besides the accumulators
+    held = {layer: {"0": GIB} for layer in range(32)}  # 1 GiB of accumulators per decoder layer
+    k, most = _layers_per_pass(plan, held, {"0": 30 * GIB, "disk": 500 * GIB})
+    assert (k, most["0"]) == (17, 17 * GIB)  # (30 - 13) over 1 GiB; the disk holds no accumulators
+    assert _layers_per_pass(plan, held, {"0": 45 * GIB})[0] is None  # exactly fits in one pass
+    assert _layers_per_pass(plan, held, {"0": 44 * GIB})[0] == 31
+    assert _layers_per_pass(plan, held, {"0": 14 * GIB})[0] == 1  # one layer, just
+    assert _layers_per_pass(plan, held, {"0": int(13.5 * GIB)})[0] == 0  # not even one
+    uneven = {**held, 5: {"0": 3 * GIB}}  # the fullest pass decides
+    assert _layers_per_pass(plan, uneven, {"0": 30 * GIB})[0] == 15
