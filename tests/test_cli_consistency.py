@@ -136,7 +136,8 @@ def test_apply_refuses_an_empty_out_or_the_mask_folder(capsys, no_model_loads, t
     assert (mask / "README.md").read_bytes() == card
 
 
-def test_select_refuses_a_model_folder_unless_overwrite(capsys, tmp_path):
+def scored_model(tmp_path):
+    """A tiny model and a folder of its dense scores on three small data sets (fairness, privacy, general)."""
     from dean_hf.scoring import score_importance
     from conftest import random_examples
 
@@ -146,6 +147,11 @@ def test_select_refuses_a_model_folder_unless_overwrite(capsys, tmp_path):
     for name, seed in (("fairness", 1), ("privacy", 2), ("general", 3)):
         score_importance(model, random_examples(4, seed=seed), keep=1.0, show_progress=False).save(
             scores / f"{name}.safetensors")
+    return model, scores
+
+
+def test_select_refuses_a_model_folder_unless_overwrite(capsys, tmp_path):
+    model, scores = scored_model(tmp_path)
     target = tmp_path / "model"
     model.save_pretrained(target)
     before = sorted(p.name for p in target.iterdir())
@@ -158,15 +164,7 @@ def test_select_refuses_a_model_folder_unless_overwrite(capsys, tmp_path):
 
 
 def test_an_empty_mask_is_an_error_unless_asked_for(capsys, tmp_path):
-    from dean_hf.scoring import score_importance
-    from conftest import random_examples
-
-    model = make_model("llama")
-    scores = tmp_path / "scores"
-    scores.mkdir()
-    for name, seed in (("fairness", 1), ("privacy", 2), ("general", 3)):
-        score_importance(model, random_examples(4, seed=seed), keep=1.0, show_progress=False).save(
-            scores / f"{name}.safetensors")
+    _, scores = scored_model(tmp_path)
     # p = 1 keeps every weight as general-purpose, so (F ∩ P) \ G is empty
     code, err = run(capsys, "select", "--scores", scores, "--q", "1e-4", "--p", "1", "--out", tmp_path / "m")
     assert code == 2
