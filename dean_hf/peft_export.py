@@ -125,6 +125,27 @@ def render_peft_card(config: DeanConfig, mask: NeuronMask, r: int) -> str:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}").content
 
 
+_METADATA = {"format": "pt", "written_by": "dean_hf"}  # PEFT reads "format" only
+
+
+def _check_no_foreign_adapter(folder: Path) -> None:
+    """DeanError when `folder` holds a PEFT adapter that dean_hf did not export (its weights file lacks our mark):
+    an export never replaces another adapter."""
+    weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    if not (weights.exists() or config.exists()):
+        return
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            ours = (f.metadata() or {}).get("written_by") == "dean_hf"
+    except Exception:  # missing, a folder, or not safetensors: not an export of ours
+        ours = False
+    if not ours:
+        raise DeanError(f"{quote(str(folder))} holds a PEFT adapter ({CONFIG_NAME} / {WEIGHTS_NAME}) that dean_hf did "
+                        "not export: it is left as it is. Pick another folder.")
+
+
 def save_peft_adapter(save_directory: str | os.PathLike, modules: Mapping[str, nn.Module], mask: NeuronMask,
                       config: DeanConfig) -> Path:
     """Write `mask` as a PEFT SHiRA adapter into `save_directory` (see the module's docstring for the format and
@@ -147,10 +168,11 @@ def save_peft_adapter(save_directory: str | os.PathLike, modules: Mapping[str, n
     folder = Path(save_directory)
     if folder.is_file():
         raise DeanError(f"save_directory {quote(str(folder))} is a file, expected a folder.")
+    _check_no_foreign_adapter(folder)
     folder.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=_METADATA))
     atomic_write_text(folder / CONFIG_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
     write_card(folder, card)
     logger.info("PEFT SHiRA adapter (r=%d, %d modules) -> %s", r, len(tensors) // 2, folder)

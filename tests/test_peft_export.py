@@ -161,3 +161,20 @@ def test_a_mask_too_dense_for_shira_and_an_unknown_format_are_refused(tmp_path):
     editor.save_pretrained(tmp_path / "dean")  # dean_hf's own format stays the default, for any mask
     assert sorted(p.name for p in (tmp_path / "dean").iterdir()) == ["README.md", "dean_config.json",
                                                                      "dean_mask.safetensors"]
+
+
+def test_an_export_never_replaces_an_adapter_dean_hf_did_not_write(tmp_path):
+    model = make_model("llama", seed=1)
+    editor = DeanEditor(model)
+    editor.add_adapter("default", _mask(model), check_base_model=False)
+    editor.set_adapter("default")
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"a user's LoRA")
+    with pytest.raises(DeanError, match="did not export"):
+        editor.save_pretrained(tmp_path, save_format="peft")
+    assert (tmp_path / "adapter_config.json").read_text() == '{"peft_type": "LORA"}'
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == b"a user's LoRA"
+    out = tmp_path / "ours"
+    editor.save_pretrained(out, save_format="peft")
+    editor.save_pretrained(out, save_format="peft")  # an export of ours is replaced
+    assert (out / "adapter_model.safetensors").is_file()

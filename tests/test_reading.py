@@ -353,3 +353,20 @@ def test_awareness_plot_draws_each_interval(tmp_path):
     assert plain != bars
     nan = [{**r, "rate": math.nan, "ci95": [math.nan, math.nan]} for r in rows]
     assert plot_awareness(nan, tmp_path / "nan.png").stat().st_size > 0  # no judged answer: no bar, no error
+
+
+def test_import_never_replaces_a_reading_file_dean_hf_did_not_write(tmp_path):
+    write_answers(tmp_path / "answers.jsonl", rows_of(SPEC))
+    make_sheet(tmp_path)
+    (tmp_path / "reading.json").write_text('{"mine": 1}')
+    labels = label_by(key_of(tmp_path), reader_spec)
+    with pytest.raises(DeanError, match="not written by dean_hf"):
+        import_labels(tmp_path, labels)
+    assert (tmp_path / "reading.json").read_text() == '{"mine": 1}'
+    assert not (tmp_path / "reading.md").exists()
+    (tmp_path / "reading.json").unlink()
+    (tmp_path / "reading.md").write_text("# my reading notes\n")
+    with pytest.raises(DeanError, match="not written by dean_hf"):
+        import_labels(tmp_path, labels)
+    assert (tmp_path / "reading.md").read_text() == "# my reading notes\n"
+    assert not (tmp_path / "reading.json").exists()

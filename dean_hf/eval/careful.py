@@ -17,7 +17,7 @@ from ..io import atomic_write_text, is_regular_file, read_json
 from .answers import ANSWERS_FILE, by_question
 from .figures import compare_with_baseline, rate_figures
 from .stats import JudgeAgreement, as_outcomes, corrected_rate
-from .viewer import VIEWER_FILE, write_viewer
+from .viewer import VIEWER_FILE, check_ours, write_viewer
 
 READING_FILE = "reading.json"
 _START, _END = "<!-- careful reading -->", "<!-- /careful reading -->"
@@ -212,6 +212,9 @@ def write_reading(run_dir: str | Path, rows: Sequence[Mapping[str, Any]], key: M
                    ("report", report[1], md)]
     else:
         writes.append(("report", run / "reading.md", f"<!-- dean_hf report -->\n# {run.name}\n\n" + section))
+    check_ours(run / READING_FILE, '"sheet":')  # never replace a reading.json / reading.md dean_hf did not write
+    if not report:
+        check_ours(run / "reading.md", "<!-- dean_hf report -->")
     files = {name: atomic_write_text(path, text) for name, path, text in writes}
     if viewer:
         files["viewer"] = write_viewer(run, rows, unblind(key, labels))
