@@ -146,20 +146,21 @@ def _kernel() -> Any:
 
 class LengthsOnDevice:
     """The batch's per-sample lengths as an int32 tensor on the activations' device, made once per batch: one
-    pinned, asynchronous copy (a pageable copy would wait for the GPU), then reused by every module."""
+    pinned, asynchronous copy per device (a pageable copy would wait for the GPU), then reused by every module on
+    that device (a model spread over several GPUs keeps one copy on each)."""
 
     def __init__(self) -> None:
-        self._key: Optional[tuple] = None
-        self._tensor: Optional[torch.Tensor] = None
+        self._on: dict[torch.device, tuple[tuple[int, ...], torch.Tensor]] = {}
 
     def get(self, lengths: list[int], device: torch.device) -> torch.Tensor:
-        key = (device, tuple(lengths))
-        if key != self._key or self._tensor is None:
+        key = tuple(lengths)
+        cached = self._on.get(device)
+        if cached is None or cached[0] != key:
             host = torch.tensor(lengths, dtype=torch.int32)
             if device.type == "cuda":
                 host = host.pin_memory()
-            self._tensor, self._key = host.to(device, non_blocking=True), key
-        return self._tensor
+            cached = self._on[device] = (key, host.to(device, non_blocking=True))
+        return cached[1]
 
 
 def accumulate_abs_grad(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lengths: list[int],
