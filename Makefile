@@ -38,7 +38,8 @@ bench-quick: install
 	cd benchmarks && $(abspath $(BIN))/python bench_scoring.py --quick --arch qwen2-7b --dtype bfloat16
 	cd benchmarks && $(abspath $(BIN))/python bench_memory.py --quick
 	cd benchmarks && $(abspath $(BIN))/python bench_select.py --quick
-	cd benchmarks && $(abspath $(BIN))/python bench_scale.py --quick
+	cd benchmarks && $(abspath $(BIN))/python bench_scale.py --quick --profile
+	cd benchmarks && $(abspath $(BIN))/python check_kernel_gpu.py --quick
 	cd benchmarks && $(abspath $(BIN))/python reproduce_reference.py --quick --out $(abspath dean_runs/reference-quick)
 
 # Mutation testing (mutmut 3), module by module against each module's own fast tests; scores in

@@ -85,6 +85,44 @@ def count_flops(fn) -> float:
     return counter.get_total_flops()
 
 
+# Device kernels by what they do in scoring, matched on their names (first match wins).
+KINDS = [("fused |grad| kernel", ("_abs_grad_kernel",)),
+         ("reduction to keep (topk, sort, nonzero)", ("topk", "sort", "radix", "nonzero", "cub::", "gather")),
+         ("matrix products", ("gemm", "cutlass", "xmma", "nvjet", "wgmma", "bmm", "matmul", "sm90_", "sm80_", "aten::mm",
+                              "addmm")),
+         ("attention", ("flash", "fmha", "attention", "sdpa")),
+         ("copies and casts", ("copy", "memcpy", "memset", "cast", "to_copy")),
+         ("elementwise and reductions", ("elementwise", "reduce", "vectorized", "abs", "mul", "add"))]
+
+
+def profile(fn, device: torch.device) -> dict:
+    """Device time of one call of `fn` by kind of kernel (and the ten largest kernels), from torch.profiler."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    rows = []
+    for event in prof.key_averages():
+        us = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        if us > 0 and (device.type != "cuda" or event.device_type.name == "CUDA"):
+            rows.append((event.key, us / 1e3))
+    total = sum(ms for _, ms in rows) or 1.0
+    kinds: dict[str, float] = {}
+    for name, ms in rows:
+        lower = name.lower()
+        kind = next((k for k, words in KINDS if any(w in lower for w in words)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+    top = sorted(rows, key=lambda r: -r[1])[:10]
+    print(f"profile ({'device' if device.type == 'cuda' else 'CPU'} time {total:.1f} ms): " + "; ".join(
+        f"{k} {ms / total:.1%}" for k, ms in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    for name, ms in top:
+        print(f"    {ms:9.2f} ms  {ms / total:6.1%}  {name[:110]}")
+    return {"total_ms": total, "by_kind_ms": kinds, "top": [{"name": n, "ms": ms} for n, ms in top]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(CONFIGS / "llama-2-7b.json"))
@@ -97,6 +135,11 @@ def main() -> None:
     parser.add_argument("--kernel", choices=["both", "on", "off"], default="both",
                         help="time scoring with the fused kernel, without it (the batched products), or both; the "
                              "kernel only where it runs (CUDA, triton)")
+    parser.add_argument("--skip-checks", action="store_true", help="skip the equality checks (kernel vs products, "
+                                                                    "16-bit vs fp32 products): dense 7B scores are "
+                                                                    "26 GB each on the host")
+    parser.add_argument("--profile", action="store_true", help="also profile one scoring run per mode (torch "
+                                                                "profiler): where the device time goes")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--results", default=None, help="write the scale section of this Markdown file (RESULTS.md) "
                                                          "from the figures of this run, or of --from-json files")
@@ -173,14 +216,14 @@ def main() -> None:
                         "fraction_of_roofline": tflops / roofline, "peak_memory_gib": peak / GIB,
                         "plan_gib": plan.total("scoring_peak") / GIB,
                         "peak_over_plan": peak / plan.total("scoring_peak")}
-    if "on" in modes and "off" in modes:  # the same scores: the kernel's sums against the batched products'
+    if "on" in modes and "off" in modes and not args.skip_checks:  # the same scores: the kernel's sums against the batched products'
         fast, slow = score(one, "on", keep=1.0), score(one, "off", keep=1.0)
         figures["kernel_vs_products_max_relative_difference"] = max(
             ((fast[n] - slow[n]).abs().max() / slow[n].abs().max()).item() for n in slow)
         print(f"fused kernel vs batched products: max relative score difference "
               f"{figures['kernel_vs_products_max_relative_difference']:.1e}")
         del fast, slow
-    if device.type == "cuda" and dtype != torch.float32 and "off" in modes:  # 16-bit products, fp32 output
+    if device.type == "cuda" and dtype != torch.float32 and "off" in modes and not args.skip_checks:  # 16-bit, fp32 out
         import dean_hf.scoring.scorers as scorers
 
         fast = score(one, "off", keep=1.0)
@@ -206,6 +249,9 @@ def main() -> None:
                   f"step = {f['over_training_step']:.2f}; {f['tflops']:.3g} TFLOP/s = {f['fraction_of_roofline']:.2f} "
                   f"of the roofline; peak memory {f['peak_memory_gib']:.2f} GiB, plan {f['plan_gib']:.2f} GiB: "
                   f"measured / plan = {f['peak_over_plan']:.2f}")
+    if args.profile:
+        figures["profile"] = {("kernel" if mode == "on" else "products"): profile(lambda: score(exs, mode), device)
+                              for mode in modes}
     figures["command"] = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

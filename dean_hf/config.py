@@ -136,6 +136,11 @@ class DeanConfig:
         default="auto", metadata={"help": "Decoder layers scored per pass: 'auto' (one pass where one set of "
                                           "accumulators fits beside the model on its accelerators, else as many "
                                           "layers as fit, from the memory plan), an integer, or null for one pass."})
+    fused_kernel: str = field(
+        default="auto", metadata={"help": "How the SNIP scorer sums |per-sample gradients|: 'auto' (the fused Triton "
+                                          "kernel on CUDA GPUs of compute capability 8.0 or newer, the batched "
+                                          "per-sample products elsewhere), 'on' (always; an error where it cannot "
+                                          "run) or 'off' (never). The scores are the same either way."})
     keep: float = field(default=1e-2, metadata={"help": "Fraction of each matrix's scores kept once a data set is "
                                                         "scored (its top entries, in selection's order): selection "
                                                         "works exactly for every q, p up to it; 1 keeps dense scores "
@@ -185,6 +190,8 @@ class DeanConfig:
         _check_fraction("keep", self.keep)
         if self.layers_per_pass is not None and self.layers_per_pass != "auto":
             _check_count("layers_per_pass", self.layers_per_pass)
+        if not isinstance(self.fused_kernel, str) or self.fused_kernel not in ("auto", "on", "off"):
+            raise _invalid("fused_kernel", self.fused_kernel, "'auto', 'on' or 'off'")
         if isinstance(self.target_modules, list):
             _check_text_list("target_modules", self.target_modules)
         else:

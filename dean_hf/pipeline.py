@@ -97,7 +97,8 @@ def score_datasets_cached(model: nn.Module, tokenizer: Any, records: Mapping[str
                 continue
             scores = score_importance(model, examples, target_modules=config.target_modules, scorer=config.scorer,
                                       batch_size=config.batch_size, keep=scoring_keep(config),
-                                      layers_per_pass=config.layers_per_pass, show_progress=show_progress,
+                                      layers_per_pass=config.layers_per_pass, fused_kernel=config.fused_kernel,
+                                      show_progress=show_progress,
                                       description=f"scoring {name}")
             meta = {**scores.metadata, "dataset": name, "cache_key": key, "num_truncated": examples.num_truncated,
                     "num_dropped": examples.num_dropped, "seed": config.seed, "max_length": config.max_length,
@@ -203,6 +204,7 @@ def mask_and_config(targets: Mapping[str, ImportanceScores], general: Optional[I
         base_model_name_or_path=config.base_model_name_or_path or meta.get("model_name"),
         revision=config.revision or meta.get("revision"),
         batch_size=int(meta.get("batch_size", config.batch_size)),
+        fused_kernel=config.fused_kernel,
         keep=float(meta.get("keep", config.keep)),
         base_model_fingerprint=fingerprint,
         dataset_sources=named_sources or config.dataset_sources,

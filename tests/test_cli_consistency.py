@@ -71,6 +71,7 @@ def test_quiet_silences_transformers_logging(capsys):
     ["eval", "--batch-size", "abc"], ["eval", "--batch-size", "0"], ["tune", "--data", "a=b", "--questions", "c=d",
                                                                       "--dev-size", "x"],
     ["score", "--data", "a=b", "--n", "zero"], ["select", "--scores", "s", "--q", "2"],
+    ["score", "--data", "a=b", "--fused-kernel", "yes"],
 ])
 def test_bad_values_are_one_line_before_any_loading(capsys, no_model_loads, argv):
     code, err = run(capsys, *argv)

@@ -25,6 +25,7 @@ def cmd_score(args) -> None:
     check_writable(args.out, "--out")
     config = DeanConfig(num_samples=args.n, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size,
                         keep=args.keep, layers_per_pass=layers_per_pass(args.layers_per_pass),
+                        fused_kernel=args.fused_kernel,
                         scorer=args.scorer, target_modules=target_modules(args.target_modules),
                         chat_template=not args.no_chat_template)
     load_kwargs = {"split": args.split, "prompt_column": args.prompt_column, "response_column": args.response_column}
@@ -59,6 +60,10 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive, default=1, help="samples per forward/backward pass")
     p.add_argument("--layers-per-pass", default="auto", help="decoder layers scored per pass: 'auto' (from the "
                                                               "memory plan and the GPUs' free memory), or a number")
+    p.add_argument("--fused-kernel", choices=["auto", "on", "off"], default="auto",
+                   help="how |per-sample gradients| are summed: 'auto' (the fused Triton kernel on CUDA GPUs of "
+                        "compute capability 8.0+, the batched products elsewhere), 'on' (always; an error where it "
+                        "cannot run), 'off' (never); the scores are the same")
     p.add_argument("--keep", type=fraction, default=1e-2, help="fraction of each matrix's scores kept (their top "
                                                                "entries): any q, p up to it select exactly; 1 keeps "
                                                                "dense scores (default 1e-2)")

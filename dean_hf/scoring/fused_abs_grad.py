@@ -16,9 +16,11 @@ their strides, with each sample's real length: a sample's tokens are one contigu
 made (packing would cost a gather of X and G per module per batch) and padding is never read. One launch per
 module per batch covers every sample.
 
-Triton is optional (`pip install dean_hf[gpu]`; it ships with CUDA builds of torch). Where it cannot run, the
-scorer's batched products are the fallback (`fused_kernel_unavailable` says why). `TRITON_INTERPRET=1` runs the
-kernel on CPU tensors through Triton's interpreter (slow: for tests).
+Triton is optional (`pip install dean_hf[gpu]`; it ships with CUDA builds of torch). Where it cannot run (no
+triton, the CPU, a GPU older than compute capability 8.0), the scorer's batched products are the fallback
+(`fused_kernel_unavailable` says why), and so they are where Triton fails to compile or launch it under
+`fused_kernel="auto"`. `TRITON_INTERPRET=1` runs the kernel on CPU tensors through Triton's interpreter (slow: for
+tests); `fused_abs_grad_aot.py` compiles it for a GPU without one, to read its registers and shared memory.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ _CONFIGS = {
     "fp32": (64, 64, 32, 4, 2),
 }
 _GROUP_M = 8  # tiles of 8 row-blocks are scheduled together so that their columns' tokens stay in L2
+# The oldest GPUs the kernel is chosen on: compiled offline for sm_80, 86, 89, 90, 100 and 120, its tiles use tensor
+# cores with no register spills (tests/test_fused_kernel_compile.py); on sm_75 they do not.
+MIN_CAPABILITY = (8, 0)
 
 
 def _load_triton() -> Optional[str]:
@@ -69,12 +74,22 @@ def fused_kernel_unavailable(device: torch.device, dtype: torch.dtype, *, allow_
                              ) -> Optional[str]:
     """None if the kernel runs for activations of `dtype` on `device`; else why not, in words.
 
-    It runs on CUDA devices, or on the CPU under Triton's interpreter when `allow_interpreter`."""
+    It runs on CUDA devices of compute capability 8.0 or newer (Ampere on), or on the CPU under Triton's
+    interpreter when `allow_interpreter`."""
     if _load_triton() is not None:
         return f"{_TRITON_ERROR}: pip install 'dean_hf[gpu]' (CUDA builds of torch ship it)"
     if dtype not in SUPPORTED_DTYPES:
         return f"the activations are {str(dtype).replace('torch.', '')}, expected float32, bfloat16 or float16"
     if device.type == "cuda":
+        try:
+            major, minor = torch.cuda.get_device_capability(device)
+        except (AssertionError, RuntimeError) as err:  # a CPU-only build of torch, or no such device
+            return f"{device} cannot be read ({err})"
+        if (major, minor) < MIN_CAPABILITY:
+            # Checked offline (fused_abs_grad_aot.py): on sm_75 Triton has no tensor-core product for these tiles,
+            # and the kernel spills kilobytes of registers; the batched products (cuBLAS) are faster there.
+            return (f"{device} has compute capability {major}.{minor}; the kernel needs "
+                    f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ampere, Ada, Hopper, Blackwell)")
         return None
     if device.type == "cpu" and allow_interpreter and interpreting():
         return None
@@ -177,20 +192,38 @@ def accumulate_abs_grad(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, len
     if b.dtype != a.dtype:  # e.g. an fp32 gradient into a bf16 layer: both in the wider type, as the fallback does
         wide = torch.promote_types(a.dtype, b.dtype)
         a, b = a.to(wide), b.to(wide)
-    ieee = a.dtype == torch.float32
-    block_m, block_n, block_k, warps, stages = blocks or _CONFIGS["fp32" if ieee else "16bit"]
+    # Features must be contiguous for the loads to be vectorised and pipelined (cp.async, TMA): a copy of the
+    # (batch, tokens, features) activations costs far less than the product over them done without it.
+    a = a if a.stride(2) == 1 else a.contiguous()
+    b = b if b.stride(2) == 1 else b.contiguous()
     ragged = any(length != tokens for length in lengths)
     if ragged:
         cache = lengths_cache or LengthsOnDevice()
         lengths_tensor = cache.get(lengths, a.device)
     else:
         lengths_tensor = acc  # not read (RAGGED is False); any tensor on the device
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    constants, options = launch_constants(a.dtype, ragged, blocks, interpreter=interpreting())
+    grid = (triton.cdiv(m, constants["BLOCK_M"]) * triton.cdiv(n, constants["BLOCK_N"]),)
     kernel[grid](a, b, acc, lengths_tensor, batch, tokens, m, n,
-                    a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
-                    acc.stride(0), acc.stride(1),
-                    RAGGED=ragged, IEEE=ieee, UPCAST=not ieee and interpreting(), GROUP_M=_GROUP_M,
-                    BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+                 a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
+                 acc.stride(0), acc.stride(1), **constants, **options)
 
 
-__all__ = ["SUPPORTED_DTYPES", "LengthsOnDevice", "accumulate_abs_grad", "fused_kernel_unavailable", "interpreting"]
+def launch_constants(dtype: torch.dtype, ragged: bool, blocks: Optional[tuple[int, int, int, int, int]] = None,
+                     *, interpreter: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The kernel's compile-time constants and launch options for inputs of `dtype`: one source for the launch
+    above and for the offline compile check (fused_abs_grad_aot.py)."""
+    ieee = dtype == torch.float32
+    block_m, block_n, block_k, warps, stages = blocks or _CONFIGS["fp32" if ieee else "16bit"]
+    constants = dict(RAGGED=ragged, IEEE=ieee, UPCAST=not ieee and interpreter, GROUP_M=_GROUP_M,
+                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    # No contraction of separate multiplies and adds into FMAs: the kernel's only arithmetic outside tl.dot is
+    # |tile| + total, so this changes no result; saying it silences Triton 3.9's warning about the default.
+    options = dict(num_warps=warps, num_stages=stages)
+    if not interpreter:
+        options["enable_fp_fusion"] = False
+    return constants, options
+
+
+__all__ = ["MIN_CAPABILITY", "SUPPORTED_DTYPES", "LengthsOnDevice", "accumulate_abs_grad", "fused_kernel_unavailable",
+           "interpreting", "launch_constants"]

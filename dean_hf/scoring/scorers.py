@@ -13,8 +13,11 @@ import torch
 from torch import nn
 
 from ..errors import DeanError
+from ..logging import get_logger
 from ..offload import readable, storage_device
 from ..targets import is_conv1d
+
+logger = get_logger(__name__)
 
 _SCORERS: dict[str, type["Scorer"]] = {}
 
@@ -119,7 +122,7 @@ class SnipScorer(Scorer):
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused kernel: 'off' never; 'auto' where it runs (CUDA); 'on' always, or a
         DeanError saying why it cannot (Triton's interpreter counts for 'on': tests run the kernel on the CPU)."""
-        if self.fused_kernel == "off":
+        if self.fused_kernel == "off" or getattr(self, "_kernel_failed", None):
             return False
         from .fused_abs_grad import fused_kernel_unavailable
 
@@ -141,10 +144,20 @@ class SnipScorer(Scorer):
                 self._lengths = LengthsOnDevice()  # one host-to-device copy of the lengths per batch
             left, right = (x, g) if is_conv1d(module) else (g, x)
             total = acc if acc.device == x.device else torch.zeros_like(acc, device=x.device)
-            accumulate_abs_grad(total, left, right, lengths, self._lengths)
-            if total is not acc:
-                acc.add_(total.to(acc.device))
-            return
+            try:
+                accumulate_abs_grad(total, left, right, lengths, self._lengths)
+            except Exception as err:  # Triton failed to compile or launch it: nothing was added to `total`
+                if self.fused_kernel == "on":
+                    raise
+                first_line = (str(err).strip().splitlines() or [""])[0]
+                self._kernel_failed = f"{type(err).__name__}: {first_line}"
+                logger.warning("the fused kernel failed on %s (%s); scoring goes on with the batched per-sample "
+                               "products (the same scores). Pass fused_kernel='off' to skip it, or 'on' to see the "
+                               "error.", x.device, self._kernel_failed[:300])
+            else:
+                if total is not acc:
+                    acc.add_(total.to(acc.device))
+                return
         product = _fp32_product(x)
         if product is torch.bmm:  # fp32 inputs (CPU, or a float32 model)
             x, g = x.to(torch.float32), g.to(torch.float32)
