@@ -95,6 +95,13 @@ KINDS = [("fused |grad| kernel", ("_abs_grad_kernel",)),
          ("elementwise and reductions", ("elementwise", "reduce", "vectorized", "abs", "mul", "add"))]
 
 
+def save(path, figures: dict) -> None:
+    """Write the figures so far (with the command) to `path`, if given: each stage's results survive a timeout."""
+    figures["command"] = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
+    if path:
+        Path(path).write_text(json.dumps(figures, indent=2) + "\n")
+
+
 def profile(fn, device: torch.device) -> dict:
     """Device time of one call of `fn` by kind of kernel (and the ten largest kernels), from torch.profiler."""
     from torch.profiler import ProfilerActivity
@@ -216,6 +223,7 @@ def main() -> None:
                         "fraction_of_roofline": tflops / roofline, "peak_memory_gib": peak / GIB,
                         "plan_gib": plan.total("scoring_peak") / GIB,
                         "peak_over_plan": peak / plan.total("scoring_peak")}
+    save(args.json, figures)  # the timings are kept even if a check below runs out of time
     if "on" in modes and "off" in modes and not args.skip_checks:  # the same scores: the kernel's sums against the batched products'
         fast, slow = score(one, "on", keep=1.0), score(one, "off", keep=1.0)
         figures["kernel_vs_products_max_relative_difference"] = max(
@@ -249,12 +257,13 @@ def main() -> None:
                   f"step = {f['over_training_step']:.2f}; {f['tflops']:.3g} TFLOP/s = {f['fraction_of_roofline']:.2f} "
                   f"of the roofline; peak memory {f['peak_memory_gib']:.2f} GiB, plan {f['plan_gib']:.2f} GiB: "
                   f"measured / plan = {f['peak_over_plan']:.2f}")
-    if args.profile:
-        figures["profile"] = {("kernel" if mode == "on" else "products"): profile(lambda: score(exs, mode), device)
-                              for mode in modes}
-    figures["command"] = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    if args.profile:  # four batches (the reduction to keep, once per run, weighs more here than in a whole run)
+        few = exs[: 4 * args.batch_size]
+        figures["profile"] = {"batches": -(-len(few) // args.batch_size)}
+        for mode in modes:
+            figures["profile"]["kernel" if mode == "on" else "products"] = profile(lambda: score(few, mode), device)
+            save(args.json, figures)
+    save(args.json, figures)
     if args.results:
         write_results(args.results, [figures])
 

@@ -92,7 +92,7 @@ def same_selection(fast: torch.Tensor, slow: torch.Tensor, keep: float) -> tuple
 
 def check(device: torch.device, dtype: torch.dtype, shape: tuple[int, int], batch: int, length: int, ragged: bool,
           reps: int, blocks=None) -> dict:
-    from dean_hf.scoring.fused_abs_grad import accumulate_abs_grad
+    from dean_hf.scoring.fused_abs_grad import LengthsOnDevice, accumulate_abs_grad
 
     out_features, in_features = shape
     lengths = lengths_for(batch, length, ragged)
@@ -113,12 +113,13 @@ def check(device: torch.device, dtype: torch.dtype, shape: tuple[int, int], batc
     row["selection_overlap"], row["differences_are_ties"] = same_selection(fast, slow, 1e-2)
     del slow
     acc = torch.zeros_like(fast)
-    xr, gr = x.clone(), g.clone()
-    for i, n in enumerate(lengths):
-        xr[i, n:] = 0
-        gr[i, n:] = 0
-    flat_x, flat_g = xr.reshape(-1, in_features), gr.reshape(-1, out_features)
-    row["kernel_ms"] = median_ms(lambda: accumulate_abs_grad(acc, g, x, lengths, blocks=blocks), device, reps)
+    # The training step's weight gradient over the same real tokens (packed: padding would add work the kernel
+    # skips)
+    flat_x = torch.cat([x[i, :n] for i, n in enumerate(lengths)])
+    flat_g = torch.cat([g[i, :n] for i, n in enumerate(lengths)])
+    cache = LengthsOnDevice()  # one upload of the lengths per batch, as the scorer does
+    row["kernel_ms"] = median_ms(lambda: accumulate_abs_grad(acc, g, x, lengths, cache, blocks=blocks), device,
+                                 reps)
     row["product_ms"] = median_ms(lambda: flat_g.T @ flat_x, device, reps)  # one weight-gradient product
     row["products_ms"] = median_ms(lambda: products(acc, g, x, lengths), device, reps)
     flops = 2 * sum(lengths) * out_features * in_features
@@ -126,6 +127,13 @@ def check(device: torch.device, dtype: torch.dtype, shape: tuple[int, int], batc
     row["over_product"] = row["kernel_ms"] / row["product_ms"]
     row["products_over_kernel"] = row["products_ms"] / row["kernel_ms"]
     return row
+
+
+def save(path, device: torch.device, rows: list[dict]) -> None:
+    """Write the rows so far to `path`, if given: a run stopped by its time limit keeps what it measured."""
+    if path:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (interpreter)"
+        Path(path).write_text(json.dumps({"device": name, "rows": rows}, indent=2) + "\n")
 
 
 def main() -> None:
@@ -159,6 +167,7 @@ def main() -> None:
                 row = {"model": model, "module": module,
                        **check(device, torch.bfloat16, shape, batch, args.length, True, reps)}
                 rows.append(row)
+                save(args.json, device, rows)
                 print(f"{model} {module} {shape[0]}x{shape[1]} bf16 batch {batch}x{args.length} (ragged, "
                       f"{row['tokens']} tokens): kernel {row['kernel_ms']:.3f} ms = {row['over_product']:.2f}x one "
                       f"weight-gradient product ({row['kernel_tflops']:.0f} TFLOP/s); products path "
@@ -172,6 +181,7 @@ def main() -> None:
         row = {"model": model, "module": module, **check(device, torch.float32, shape, batches[0],
                                                          args.length // 2 or 1, ragged, max(1, reps // 4))}
         rows.append(row)
+        save(args.json, device, rows)
         print(f"{model} {module} fp32 batch {batches[0]} ({'ragged' if ragged else 'even'}): max rel. diff "
               f"{row['max_relative_difference']:.1e} (bound 1e-6); kernel {row['over_product']:.2f}x the fp32 "
               f"product", flush=True)
@@ -185,14 +195,12 @@ def main() -> None:
                 print(f"tile {blocks}: {type(err).__name__}: {str(err).splitlines()[0][:200]}", flush=True)
                 continue
             rows.append({"model": model, "module": module, "blocks": list(blocks), **row})
+            save(args.json, device, rows)
             print(f"tile {blocks} on {model} {module} batch {batches[-1]}: {row['kernel_ms']:.3f} ms = "
                   f"{row['over_product']:.2f}x the product", flush=True)
     bad = [r for r in rows if not r["finite"] or (r["dtype"] == "float32" and r["max_relative_difference"] > 1e-6)
            or not r["differences_are_ties"]]
     print("equality: " + ("every check passed" if not bad else f"{len(bad)} FAILED: {bad}"))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                                               else "CPU (interpreter)", "rows": rows}, indent=2) + "\n")
     if bad:
         raise SystemExit(1)
 

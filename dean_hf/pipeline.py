@@ -204,7 +204,7 @@ def mask_and_config(targets: Mapping[str, ImportanceScores], general: Optional[I
         base_model_name_or_path=config.base_model_name_or_path or meta.get("model_name"),
         revision=config.revision or meta.get("revision"),
         batch_size=int(meta.get("batch_size", config.batch_size)),
-        fused_kernel=config.fused_kernel,
+        fused_kernel=meta["fused_kernel"] if meta.get("fused_kernel") in ("auto", "on", "off") else config.fused_kernel,
         keep=float(meta.get("keep", config.keep)),
         base_model_fingerprint=fingerprint,
         dataset_sources=named_sources or config.dataset_sources,

@@ -223,7 +223,10 @@ def test_auto_falls_back_to_the_products_when_the_kernel_fails(monkeypatch, capl
     examples = random_examples(5)
     kwargs = dict(batch_size=2, keep=1.0, show_progress=False)
     off = score_importance(model, examples, fused_kernel="off", **kwargs)
+    import dean_hf.scoring.engine as engine
+
     monkeypatch.setattr(fused, "fused_kernel_unavailable", lambda *a, **k: None)  # "it could run here"
+    monkeypatch.setattr(engine, "fused_kernel_unavailable", lambda *a, **k: None)  # (the engine's check for 'on')
     monkeypatch.setattr(fused, "accumulate_abs_grad", broken)
     with caplog.at_level("WARNING", logger="dean_hf"):
         auto = score_importance(model, examples, **kwargs)
@@ -295,3 +298,28 @@ def test_the_launch_gets_contiguous_features(monkeypatch):
     args = launches[0]
     assert args[10] == 1 and args[13] == 1  # stride_am, stride_bn
     assert torch.equal(args[0], a) and args[0].is_contiguous() and args[1] is b  # the same values; b not copied
+
+
+def test_running_out_of_memory_is_not_taken_for_a_kernel_failure(monkeypatch):
+    """The products need more memory than the kernel: an OOM in its launch is raised, not 'fallen back' from."""
+    import dean_hf.scoring.fused_abs_grad as fused
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(fused, "fused_kernel_unavailable", lambda *a, **k: None)
+    monkeypatch.setattr(fused, "accumulate_abs_grad", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        score_importance(make_model("llama"), random_examples(2), show_progress=False)
+
+
+def test_the_mask_config_records_how_its_scores_were_summed():
+    from dean_hf import DeanConfig
+    from dean_hf.pipeline import mask_and_config
+
+    model = make_model("llama")
+    kwargs = dict(target_modules=["up_proj"], keep=1.0, show_progress=False)
+    sets = [score_importance(model, random_examples(3, seed=s), fused_kernel="off", **kwargs) for s in (1, 2, 3)]
+    assert sets[0].metadata["fused_kernel"] == "off"
+    _, config = mask_and_config({"fairness": sets[0], "privacy": sets[1]}, sets[2], DeanConfig(q=0.1, p=0.1))
+    assert config.fused_kernel == "off"  # from the scores, not the select-time config's default

@@ -51,7 +51,6 @@ def test_the_kernel_compiles_without_spills_within_shared_memory(compiled, capab
     short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dtype]
     r = compiled[(capability, short, ragged)]
     assert r["spill_bytes"] == 0, r  # registers spilled to local memory: the tile is too large for the registers
-    assert r["registers"] <= 255
     assert 0 < r["shared_bytes"] <= SHARED_LIMIT[capability], r
     if dtype == "float32":
         assert r["products"] == "none"  # IEEE fp32 products on the FMA units: never tf32

@@ -300,6 +300,7 @@ def score_importance(
         "data_fingerprint": data_fingerprint(data),
         "base_model_fingerprint": fingerprint,
         "keep": keep,
+        "fused_kernel": fused_kernel,
         "dean_hf_version": __version__,
     }
     logger.info("scored %d modules on %d samples (%d response tokens)", len(modules), len(data), num_tokens)

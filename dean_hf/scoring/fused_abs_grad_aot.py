@@ -39,7 +39,7 @@ class KernelResources:
     dtype: str
     ragged: bool
     registers: int  # per thread
-    spill_bytes: int  # local memory per thread (cuobjdump's STACK): registers spilled
+    spill_bytes: int  # local memory per thread (cuobjdump's STACK + LOCAL): registers spilled
     shared_bytes: int  # per block (Triton's pipeline buffers)
     products: str  # the tensor-core instructions used: "wgmma", "tcgen05", "mma", or "none" (FMA)
     warps: int
@@ -89,7 +89,7 @@ def compile_for(capability: int, dtype: torch.dtype, *, ragged: bool = True,
                               target=GPUTarget("cuda", capability, 32), options=options)
     usage = _resource_usage(compiled.asm["cubin"])
     return KernelResources(capability=capability, dtype=_TRITON_TYPES[dtype], ragged=ragged,
-                           registers=usage["REG"], spill_bytes=usage["STACK"], shared_bytes=compiled.metadata.shared,
+                           registers=usage["REG"], spill_bytes=usage["STACK"] + usage.get("LOCAL", 0), shared_bytes=compiled.metadata.shared,
                            products=_tensor_core_instructions(compiled.asm["ptx"]), warps=options["num_warps"])
 
 

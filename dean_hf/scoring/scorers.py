@@ -146,6 +146,8 @@ class SnipScorer(Scorer):
             total = acc if acc.device == x.device else torch.zeros_like(acc, device=x.device)
             try:
                 accumulate_abs_grad(total, left, right, lengths, self._lengths)
+            except torch.OutOfMemoryError:  # the products would need more memory still: not the kernel's fault
+                raise
             except Exception as err:  # Triton failed to compile or launch it: nothing was added to `total`
                 if self.fused_kernel == "on":
                     raise
@@ -153,7 +155,8 @@ class SnipScorer(Scorer):
                 self._kernel_failed = f"{type(err).__name__}: {first_line}"
                 logger.warning("the fused kernel failed on %s (%s); scoring goes on with the batched per-sample "
                                "products (the same scores). Pass fused_kernel='off' to skip it, or 'on' to see the "
-                               "error.", x.device, self._kernel_failed[:300])
+                               "error. (A layers_per_pass='auto' plan counted no per-sample temporaries.)", x.device,
+                               self._kernel_failed[:300])
             else:
                 if total is not acc:
                     acc.add_(total.to(acc.device))
