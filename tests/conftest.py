@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -155,3 +156,15 @@ def same_weights(model, expected):
     """Whether the model's state dict equals `expected` bit for bit."""
     return all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
+
+@pytest.fixture
+def dean_log(caplog):
+    """caplog with its handler on the `dean_hf` logger, which does not propagate to the root logger: warnings of
+    dean_hf at WARNING and above land in `dean_log.messages` / `.text`."""
+    logger = logging.getLogger("dean_hf")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="dean_hf")
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

@@ -11,7 +11,6 @@ wrong types for every field, junk `format_version`, a changed index payload that
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import random
@@ -449,18 +448,6 @@ def test_fuzz_artifacts_refused_or_loaded_model_unchanged(world, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- targeted checks
-@pytest.fixture
-def warnings_of_dean(caplog):
-    """caplog's handler on the `dean_hf` logger (it does not propagate to the root logger)."""
-    logger = logging.getLogger("dean_hf")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="dean_hf")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
-
-
 def load_refused(world: World, folder, match: str) -> str:
     with pytest.raises(DeanError, match=match) as info:
         DeanEditor.from_pretrained(world.model, folder)
@@ -530,28 +517,28 @@ def test_bad_config_messages_are_capped(world):
     assert len(load_refused(world, world.files(mask=mask), "not a dean_hf mask")) < 600
 
 
-def test_empty_config_and_null_fingerprint_load_with_warnings(world, warnings_of_dean):
+def test_empty_config_and_null_fingerprint_load_with_warnings(world, dean_log):
     editor = DeanEditor.from_pretrained(world.model, world.files(config="{}"))
     editor.unload()
     assert world.unchanged()
-    assert "no mask_digest" in warnings_of_dean.text and "no base_model_fingerprint" in warnings_of_dean.text
-    warnings_of_dean.clear()
+    assert "no mask_digest" in dean_log.text and "no base_model_fingerprint" in dean_log.text
+    dean_log.clear()
     data = {**world.config, "base_model_fingerprint": None}
     DeanEditor.from_pretrained(world.model, world.files(config=dumps(data))).unload()
-    assert "cannot be checked against its base model" in warnings_of_dean.text
+    assert "cannot be checked against its base model" in dean_log.text
 
 
-def test_check_fingerprint_warns_when_nothing_is_compared(world, warnings_of_dean):
+def test_check_fingerprint_warns_when_nothing_is_compared(world, dean_log):
     modules = {n: m for n, m in world.model.named_modules() if n in world.mask}
     for empty in (None, {}):
         check_fingerprint(empty, modules, world.mask)
-        assert "no base_model_fingerprint" in warnings_of_dean.text
-        warnings_of_dean.clear()
+        assert "no base_model_fingerprint" in dean_log.text
+        dean_log.clear()
     check_fingerprint({"probes": {}}, modules, world.mask)
-    assert "could not be checked" in warnings_of_dean.text
-    warnings_of_dean.clear()
+    assert "could not be checked" in dean_log.text
+    dean_log.clear()
     check_fingerprint(weight_fingerprint(modules), modules, world.mask)
-    assert warnings_of_dean.text == ""
+    assert dean_log.text == ""
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan"), 10**400, "0.5", True, None, [0.5]])

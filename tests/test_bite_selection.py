@@ -1,24 +1,12 @@
 """Selection's warnings and errors, word for word where a user reads a number or a name in them (found by
 mutation testing: benchmarks/MUTANTS.md)."""
 
-import logging
 
 import pytest
 import torch
 
 from dean_hf import DeanError
 from dean_hf.selection import _warn_if_large, _warn_if_nothing, select_by_expression
-
-
-@pytest.fixture
-def dean_log(caplog):
-    logger = logging.getLogger("dean_hf")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="dean_hf")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 def test_warnings_state_the_fraction_and_the_fix(dean_log):

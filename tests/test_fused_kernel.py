@@ -208,7 +208,7 @@ def test_auto_takes_the_kernel_from_compute_capability_8_0(monkeypatch, capabili
                        "Blackwell)")
 
 
-def test_auto_falls_back_to_the_products_when_the_kernel_fails(monkeypatch, caplog):
+def test_auto_falls_back_to_the_products_when_the_kernel_fails(monkeypatch, dean_log):
     """A kernel Triton cannot compile or launch on this GPU (an old driver, too little shared memory) costs 'auto'
     one warning, not the run: the scores are those of the products. 'on' raises the error itself."""
     import dean_hf.scoring.fused_abs_grad as fused
@@ -228,11 +228,10 @@ def test_auto_falls_back_to_the_products_when_the_kernel_fails(monkeypatch, capl
     monkeypatch.setattr(fused, "fused_kernel_unavailable", lambda *a, **k: None)  # "it could run here"
     monkeypatch.setattr(engine, "fused_kernel_unavailable", lambda *a, **k: None)  # (the engine's check for 'on')
     monkeypatch.setattr(fused, "accumulate_abs_grad", broken)
-    with caplog.at_level("WARNING", logger="dean_hf"):
-        auto = score_importance(model, examples, **kwargs)
+    auto = score_importance(model, examples, **kwargs)
     assert all(torch.equal(auto[n], off[n]) for n in off)
     assert len(calls) == 1  # tried once, then never again in this run
-    warnings = [r.getMessage() for r in caplog.records if "fused kernel failed" in r.getMessage()]
+    warnings = [m for m in dean_log.messages if "fused kernel failed" in m]
     assert len(warnings) == 1 and "RuntimeError: PTX .version 9.4 does not support .target sm_90a" in warnings[0]
     assert "more detail" not in warnings[0]
     with pytest.raises(RuntimeError, match="PTX .version 9.4"):

@@ -117,36 +117,26 @@ def test_warns_when_nothing_can_be_selected(caplog):
     assert "q >= 0.01" in caplog.text
 
 
-@pytest.fixture
-def dean_warnings(caplog):
-    """caplog's handler on the `dean_hf` logger (it does not propagate to the root logger)."""
-    logger = logging.getLogger("dean_hf")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="dean_hf")
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
-def test_warns_when_the_mask_is_large(dean_warnings):
+def test_warns_when_the_mask_is_large(dean_log):
     g = torch.Generator().manual_seed(0)
     scores = {"a": torch.rand(10, 10, generator=g), "b": torch.rand(4, 5, generator=g)}
     mask = select_coupled_neurons({"f": scores, "p": scores}, None, q=1)
     assert mask.num_masked == 120
-    assert "q=1 " in dean_warnings.text and "120 weights in 2 of 2 modules" in dean_warnings.text
-    assert "at most 100% of one matrix" in dean_warnings.text and "5e-7" in dean_warnings.text
+    assert "q=1 " in dean_log.text and "120 weights in 2 of 2 modules" in dean_log.text
+    assert "at most 100% of one matrix" in dean_log.text and "5e-7" in dean_log.text
 
-    dean_warnings.clear()
+    dean_log.clear()
     other = {"a": -scores["a"], "b": -scores["b"]}  # q = 3% lets a mask be large; F ∩ P here is 2% of one matrix
     other["a"].view(-1)[scores["a"].view(-1).topk(2).indices] = 9.0
     mask = select_coupled_neurons({"f": scores, "p": other}, None, q=0.03)
     assert mask.num_masked == 2
-    assert "q=0.03 " in dean_warnings.text and "2 weights in 1 of 2 modules" in dean_warnings.text
-    assert "at most 2% of one matrix (a)" in dean_warnings.text
+    assert "q=0.03 " in dean_log.text and "2 weights in 1 of 2 modules" in dean_log.text
+    assert "at most 2% of one matrix (a)" in dean_log.text
 
-    dean_warnings.clear()
+    dean_log.clear()
     select_coupled_neurons({"f": scores, "p": scores}, None, q=0.01)  # 1 weight of 100: the limit, no warning
     select_coupled_neurons({"f": scores}, None, q=5e-3)
-    assert "DEAN masks are meant to be tiny" not in dean_warnings.text
+    assert "DEAN masks are meant to be tiny" not in dean_log.text
 
 
 def test_scores_without_modules():
