@@ -322,3 +322,14 @@ def test_the_mask_config_records_how_its_scores_were_summed():
     assert sets[0].metadata["fused_kernel"] == "off"
     _, config = mask_and_config({"fairness": sets[0], "privacy": sets[1]}, sets[2], DeanConfig(q=0.1, p=0.1))
     assert config.fused_kernel == "off"  # from the scores, not the select-time config's default
+
+
+def test_where_the_kernel_runs_is_asked_once_per_device_and_dtype(monkeypatch):
+    """Not once per module per batch: the answer reads the device's properties, on the backward's hot path."""
+    import dean_hf.scoring.fused_abs_grad as fused
+
+    asked = []
+    monkeypatch.setattr(fused, "fused_kernel_unavailable", lambda device, dtype, **k: asked.append(dtype) or "no")
+    model = make_model("llama")
+    score_importance(model, random_examples(5), batch_size=2, show_progress=False)  # 3 batches x 14 modules
+    assert asked == [torch.float32]

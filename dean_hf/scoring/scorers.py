@@ -124,13 +124,17 @@ class SnipScorer(Scorer):
         DeanError saying why it cannot (Triton's interpreter counts for 'on': tests run the kernel on the CPU)."""
         if self.fused_kernel == "off" or getattr(self, "_kernel_failed", None):
             return False
-        from .fused_abs_grad import fused_kernel_unavailable
+        decided = self.__dict__.setdefault("_runs_on", {})  # asked once per device and dtype, not per module
+        key = (x.device, x.dtype)
+        if key not in decided:
+            from .fused_abs_grad import fused_kernel_unavailable
 
-        why = fused_kernel_unavailable(x.device, x.dtype, allow_interpreter=self.fused_kernel == "on")
-        if why is not None and self.fused_kernel == "on":
-            raise DeanError(f"fused_kernel='on' but the fused kernel cannot run: {why}. Use fused_kernel='auto' "
-                            "(the batched products where it cannot run) or 'off'.")
-        return why is None
+            why = fused_kernel_unavailable(x.device, x.dtype, allow_interpreter=self.fused_kernel == "on")
+            if why is not None and self.fused_kernel == "on":
+                raise DeanError(f"fused_kernel='on' but the fused kernel cannot run: {why}. Use fused_kernel='auto' "
+                                "(the batched products where it cannot run) or 'off'.")
+            decided[key] = why is None
+        return decided[key]
 
     def on_backward(self, module: nn.Module, acc: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
                     lengths: list[int]) -> None:
