@@ -44,6 +44,7 @@ def max_rel(a, b):
     (torch.bfloat16, 3, 37, 40, 50, [37, 20, 5], (32, 32, 16, 4, 1)),
     (torch.float16, 2, 16, 40, 24, [16, 16], (32, 16, 16, 4, 1)),      # equal lengths: no lengths tensor
     (torch.float32, 1, 9, 33, 17, [9], None),                          # one sample, the default tile
+    (torch.float32, 2, 9, 200, 20, [9, 4], (16, 16, 16, 1, 1)),        # 13 row tiles: a full group of 8, a partial
 ])
 def test_kernel_equals_per_sample_products(interpreter, dtype, batch, tokens, m, n, lengths, blocks):
     from dean_hf.scoring.fused_abs_grad import accumulate_abs_grad
@@ -54,11 +55,18 @@ def test_kernel_equals_per_sample_products(interpreter, dtype, batch, tokens, m,
     for i, length in enumerate(lengths):  # padding holds NaN: it must never be read
         a[i, length:] = float("nan")
         b[i, length:] = float("nan")
-    acc = torch.rand(m, n, generator=g)  # accumulates onto what is there
+    # acc is a window of a larger buffer whose border (a tile wide) holds a sentinel: a store outside (m, n) lands
+    # there instead of corrupting memory, and the window's row stride is not n.
+    pad = 64
+    buffer = torch.full((m + 2 * pad, n + 2 * pad), 7.0)
+    acc = buffer[pad:pad + m, pad:pad + n]
+    acc.copy_(torch.rand(m, n, generator=g))  # accumulates onto what is there
     expected = reference(a, b, lengths) + acc.double()
     accumulate_abs_grad(acc, a, b, lengths, blocks=blocks)
     assert torch.isfinite(acc).all()
     assert rel(acc, expected) <= 1e-6  # 16-bit products are exact in fp32: fp32 sums either way
+    acc.fill_(7.0)
+    assert torch.equal(buffer, torch.full_like(buffer, 7.0))  # nothing written outside (m, n)
 
 
 # A few modules of each kind: the interpreter takes about a second per launch.
@@ -203,6 +211,9 @@ def test_auto_takes_the_kernel_from_compute_capability_8_0(monkeypatch, capabili
     why = fused_kernel_unavailable(torch.device("cuda", 0), torch.bfloat16, allow_interpreter=False)
     if runs:
         assert why is None
+        # on a GPU it runs on, only the three dtypes Triton's products take
+        assert fused_kernel_unavailable(torch.device("cuda", 0), torch.float64, allow_interpreter=False) == (
+            "the activations are float64, expected float32, bfloat16 or float16")
     else:
         assert why == ("cuda:0 has compute capability 7.5; the kernel needs 8.0 or newer (Ampere, Ada, Hopper, "
                        "Blackwell)")
@@ -297,6 +308,12 @@ def test_the_launch_gets_contiguous_features(monkeypatch):
     args = launches[0]
     assert args[10] == 1 and args[13] == 1  # stride_am, stride_bn
     assert torch.equal(args[0], a) and args[0].is_contiguous() and args[1] is b  # the same values; b not copied
+    # Inputs of two dtypes (a 16-bit layer's input, an fp32 gradient) reach tl.dot in one, the wider: Triton
+    # refuses a product of two dtypes, and the fallback computes in the wider one too.
+    fused.accumulate_abs_grad(torch.zeros(40, 24), a.contiguous().bfloat16(), b, [6, 4])
+    args = launches[1]
+    assert args[0].dtype == args[1].dtype == torch.float32
+    assert torch.equal(args[0], a.bfloat16().float()) and args[1] is b
 
 
 def test_running_out_of_memory_is_not_taken_for_a_kernel_failure(monkeypatch):
