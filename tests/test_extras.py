@@ -77,3 +77,30 @@ def test_the_demo_library_function_checks_first(without, tmp_path):
     with pytest.raises(DeanError, match="matplotlib"):
         run_demo(tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# The triton that torch's Linux CUDA wheels require (their metadata on PyPI, December 2026). A CUDA torch brings its
+# own triton, so an extra that excludes it cannot be installed beside that torch (pip finds no solution).
+TRITON_OF_CUDA_TORCH = {"2.13": "3.7.1", "2.14": "3.8.0"}
+
+
+def test_the_extras_with_triton_install_beside_a_cuda_torch():
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    torch_floor = next(Requirement(d) for d in project["dependencies"] if Requirement(d).name == "torch")
+    assert torch_floor.specifier.contains("2.13") and not torch_floor.specifier.contains("2.12"), (
+        f"{torch_floor}: add the triton of the new floor's CUDA wheel to TRITON_OF_CUDA_TORCH")
+    with_triton = {}
+    for extra, requirements in project["optional-dependencies"].items():
+        for requirement in map(Requirement, requirements):
+            if requirement.name == "triton":
+                with_triton[extra] = requirement
+                for torch_version, triton in TRITON_OF_CUDA_TORCH.items():
+                    assert requirement.specifier.contains(triton), (
+                        f"dean_hf[{extra}] asks for {requirement}, which excludes triton {triton}, the one torch "
+                        f"{torch_version}'s CUDA wheel requires")
+    assert set(with_triton) == {"gpu", "test"}

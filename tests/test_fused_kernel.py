@@ -39,6 +39,7 @@ def max_rel(a, b):
 
 
 @needs_triton
+@pytest.mark.floors  # with the gpu extra's floor triton too
 @pytest.mark.parametrize("dtype,batch,tokens,m,n,lengths,blocks", [
     (torch.float32, 3, 37, 40, 50, [37, 20, 5], (32, 32, 16, 4, 1)),  # ragged; partial tiles in every direction
     (torch.bfloat16, 3, 37, 40, 50, [37, 20, 5], (32, 32, 16, 4, 1)),

@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed"),
+              pytest.mark.floors]  # with the gpu extra's floor triton too (make test-floors)
 
 # Shared memory a block may use (bytes, opt-in maximum) per compute capability: CUDA C Programming Guide, "Technical
 # Specifications per Compute Capability".
