@@ -19,6 +19,7 @@ from . import hub
 from .config import DeanConfig
 from .errors import DeanError, quote
 from .fingerprint import weight_fingerprint
+from .io import check_writable
 from .mask import NeuronMask
 
 # The class the mixin is given to (the editor): known here only as `cls`/`self`, so this module never imports it.
@@ -69,7 +70,9 @@ class ArtifactMixin:
         """Write each selected mask (default: all) as an artifact: "default" into `save_directory`, any other
         into `save_directory/<name>`, as PEFT saves adapters. Only dean_hf's files (`dean_config.json`,
         `dean_mask.safetensors`, and `README.md` unless another README is there) are written, each atomically;
-        every other file in the folder is left as it was. Nothing is written where `is_main_process` is False.
+        every other file in the folder is left as it was. Every mask's files are computed and every folder checked
+        before the first file is written, so a save refused for one mask writes none. Nothing is written where
+        `is_main_process` is False.
 
         `save_format="peft"` writes each mask instead as a standard PEFT adapter (PEFT's SHiRA tuner:
         `adapter_config.json`, `adapter_model.safetensors`, README.md) that `peft.PeftModel.from_pretrained(base,
@@ -97,19 +100,23 @@ class ArtifactMixin:
             card = hub.render_card(config, mask, evaluation=evaluation, eval_results=eval_results)
             plans.append((hub.artifact_folder(save_directory, name), config, mask, card))
         if is_main_process:
+            for folder, *_ in plans:  # every folder usable before the first is written
+                check_writable(folder, "artifact folder")
             for folder, config, mask, card in plans:
                 hub.save_artifact(folder, config, mask, card=card)
         return Path(save_directory)
 
     def _save_peft(self, save_directory: str | os.PathLike, names: Sequence[str], is_main_process: bool) -> Path:
-        from .peft_export import save_peft_adapter
+        from .peft_export import prepare_peft_adapter
 
         with self._state.disabled():  # the delta is taken from the original weights
-            for name in names:
-                config, mask = self._config_for_save(name), self._state.masks[name]
-                modules = self._state.modules_of(mask)
-                if is_main_process:
-                    save_peft_adapter(hub.artifact_folder(save_directory, name), modules, mask, config)
+            # every adapter computed and its folder checked before the first file is written
+            adapters = [prepare_peft_adapter(hub.artifact_folder(save_directory, name),
+                                             self._state.modules_of(self._state.masks[name]),
+                                             self._state.masks[name], self._config_for_save(name)) for name in names]
+        if is_main_process:
+            for adapter in adapters:
+                adapter.write()
         return Path(save_directory)
 
     @classmethod

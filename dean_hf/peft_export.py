@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,7 +41,7 @@ from torch import nn
 from .config import DeanConfig
 from .errors import DeanError, quote
 from .hub import LIBRARY_TAG, is_hub_id, write_card
-from .io import atomic_write, atomic_write_text
+from .io import atomic_write, atomic_write_text, check_writable
 from .logging import get_logger
 from .mask import NeuronMask
 
@@ -146,12 +147,34 @@ def _check_no_foreign_adapter(folder: Path) -> None:
                         "not export: it is left as it is. Pick another folder.")
 
 
-def save_peft_adapter(save_directory: str | os.PathLike, modules: Mapping[str, nn.Module], mask: NeuronMask,
-                      config: DeanConfig) -> Path:
-    """Write `mask` as a PEFT SHiRA adapter into `save_directory` (see the module's docstring for the format and
-    its limits). `modules` are the mask's modules with their original (unmasked) weights. Everything is checked
-    and computed before the first file is written; each file is written atomically, and a README.md that dean_hf
-    did not write is kept."""
+@dataclass
+class PeftAdapterFiles:
+    """A PEFT SHiRA adapter computed and checked, not yet written: `write()` writes its files into `folder`."""
+
+    folder: Path
+    tensors: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    card: str
+    r: int
+
+    def write(self) -> Path:
+        """Write the weights, the config and the card, each atomically (a README.md dean_hf did not write is
+        kept)."""
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.folder / WEIGHTS_NAME, lambda tmp: save_file(self.tensors, str(tmp), metadata=_METADATA))
+        atomic_write_text(self.folder / CONFIG_NAME, json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        write_card(self.folder, self.card)
+        logger.info("PEFT SHiRA adapter (r=%d, %d modules) -> %s", self.r, len(self.tensors) // 2, self.folder)
+        return self.folder
+
+
+def prepare_peft_adapter(save_directory: str | os.PathLike, modules: Mapping[str, nn.Module], mask: NeuronMask,
+                         config: DeanConfig) -> PeftAdapterFiles:
+    """`mask` as a PEFT SHiRA adapter for `save_directory`, every value computed and every check made (the folder
+    is usable and holds no adapter dean_hf did not export), nothing written. `modules` are the mask's modules with
+    their original (unmasked) weights."""
     r = shira_rank(mask, modules)
     tensors: dict[str, torch.Tensor] = {}
     for name, indices in mask.items():
@@ -163,17 +186,18 @@ def save_peft_adapter(save_directory: str | os.PathLike, modules: Mapping[str, n
         tensors[f"{PEFT_KEY_PREFIX}{name}.shira_weight"] = values
     if not tensors:
         raise DeanError("the mask selects no weight: there is nothing to export to PEFT.")
-    data = adapter_config(mask, config, r)
-    card = render_peft_card(config, mask, r)
     folder = Path(save_directory)
     if folder.is_file():
         raise DeanError(f"save_directory {quote(str(folder))} is a file, expected a folder.")
+    check_writable(folder, "adapter folder")
     _check_no_foreign_adapter(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
+    return PeftAdapterFiles(folder, tensors, adapter_config(mask, config, r), render_peft_card(config, mask, r), r)
 
-    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=_METADATA))
-    atomic_write_text(folder / CONFIG_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    write_card(folder, card)
-    logger.info("PEFT SHiRA adapter (r=%d, %d modules) -> %s", r, len(tensors) // 2, folder)
-    return folder
+
+def save_peft_adapter(save_directory: str | os.PathLike, modules: Mapping[str, nn.Module], mask: NeuronMask,
+                      config: DeanConfig) -> Path:
+    """Write `mask` as a PEFT SHiRA adapter into `save_directory` (see the module's docstring for the format and
+    its limits). `modules` are the mask's modules with their original (unmasked) weights. Everything is checked
+    and computed before the first file is written; each file is written atomically, and a README.md that dean_hf
+    did not write is kept."""
+    return prepare_peft_adapter(save_directory, modules, mask, config).write()

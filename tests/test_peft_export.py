@@ -178,3 +178,27 @@ def test_an_export_never_replaces_an_adapter_dean_hf_did_not_write(tmp_path):
     editor.save_pretrained(out, save_format="peft")
     editor.save_pretrained(out, save_format="peft")  # an export of ours is replaced
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("save_format", ["peft", "dean"])
+def test_a_save_refused_for_one_adapter_writes_none(tmp_path, save_format):
+    """Several adapters: every folder is checked before the first is written, so a refusal for the second
+    ("other", in its subfolder) leaves the first ("default", at the root) unwritten too."""
+    model = make_model("llama", seed=1)
+    editor = DeanEditor(model)
+    editor.add_adapter("default", _mask(model), check_base_model=False)
+    editor.add_adapter("other", _mask(model, seed=4), check_base_model=False)
+    editor.set_adapter("default")
+    if save_format == "peft":  # a user's own adapter where "other" would go
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+        refused = "did not export"
+    else:  # a file where "other"'s folder would go
+        (tmp_path / "other").write_text("mine")
+        refused = "is a file"
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(DeanError, match=refused):
+        editor.save_pretrained(tmp_path, save_format=save_format)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    editor.save_pretrained(tmp_path / "elsewhere", save_format=save_format)  # both, where nothing stands in the way
+    assert (tmp_path / "elsewhere" / "other").is_dir() and len(list((tmp_path / "elsewhere").iterdir())) == 4
