@@ -36,6 +36,7 @@ MODULES = {
     "plan": ("dean_hf/plan.py", ["tests/test_bite_plan.py"]),
     "io": ("dean_hf/io.py", ["tests/test_bite_io.py"]),
     "mask": ("dean_hf/mask.py", ["tests/test_mask.py", "tests/test_bite_mask.py"]),
+    "scorers": ("dean_hf/scoring/scorers.py", ["tests/test_fused_kernel.py", "tests/test_scoring.py"]),
     "expression": ("dean_hf/expression.py", [
         "tests/test_bite_expression.py", "tests/test_variants.py::test_expression_precedence_by_hand",
         "tests/test_variants.py::test_expression_errors_name_the_problem_and_the_position",
@@ -43,10 +44,12 @@ MODULES = {
 }
 # Where only part of a module is in scope: its functions (mutmut's mangled names, fnmatch patterns). tune: the
 # split and the objective (the search and the report need a model per mutant); plan: the arithmetic (the
-# placement follows accelerate's infer_auto_device_map and is tested there).
+# placement follows accelerate's infer_auto_device_map and is tested there); scorers: SNIP, with the choice between
+# the fused kernel and the products (the kernel itself: benchmarks/kernel_mutants.py).
 IN_SCOPE = {
     "tune": ["x_split_questions__*", "xǁObjectiveǁ*", "x_choose__*", "xǁTuneSpaceǁsettings__*"],
     "plan": ["x_estimate_memory__*", "x__module_transient__*", "x_layers_that_fit__*", "x__layers_per_pass__*"],
+    "scorers": ["x_check_fused_kernel__*", "x__fp32_product__*", "xǁSnipScorerǁ*"],
 }
 # mutmut 3 exit codes of a mutant (mutmut/__main__.py: status_by_exit_code)
 KILLED = {1, 3, 37}  # a test failed, a test errored, the type checker caught it

@@ -351,3 +351,55 @@ def test_where_the_kernel_runs_is_asked_once_per_device_and_dtype(monkeypatch):
     model = make_model("llama")
     score_importance(model, random_examples(5), batch_size=2, show_progress=False)  # 3 batches x 14 modules
     assert asked == [torch.float32]
+
+
+def test_the_kernel_sums_into_the_accumulator_itself_and_shares_the_lengths_of_a_batch(monkeypatch):
+    """SnipScorer.on_backward's kernel path: the accumulator itself goes to the kernel where it lives with the
+    activations (no temporary the size of the weight); a fresh zero one on the activations' device where it does
+    not (an offloaded weight's accumulator, kept off the GPU: the meta device stands in for it here); and one
+    lengths cache serves every module, so the lengths go to the device once per batch, not once per module."""
+    from torch import nn
+
+    import dean_hf.scoring.fused_abs_grad as fused
+    from dean_hf.scoring.scorers import SnipScorer
+
+    calls = []
+
+    def record(acc, a, b, lengths, lengths_cache=None, blocks=None):
+        calls.append((acc, acc.clone(), lengths_cache))
+
+    monkeypatch.setattr(fused, "fused_kernel_unavailable", lambda *a, **k: None)
+    monkeypatch.setattr(fused, "accumulate_abs_grad", record)
+    scorer = SnipScorer()
+    scorer.fused_kernel = "on"
+    x, g = torch.randn(2, 5, 6), torch.randn(2, 5, 4)
+    first, second = torch.ones(4, 6), torch.ones(4, 6)
+    scorer.on_backward(nn.Linear(6, 4), first, x, g, [5, 3])
+    scorer.on_backward(nn.Linear(6, 4), second, x, g, [5, 3])
+    assert calls[0][0] is first and calls[1][0] is second
+    assert isinstance(calls[0][2], fused.LengthsOnDevice) and calls[1][2] is calls[0][2]
+    offloaded = torch.zeros(4, 6, device="meta")
+    scorer.on_backward(nn.Linear(6, 4), offloaded, x, g, [5, 3])
+    total, at_launch, _ = calls[2]
+    assert total.device == x.device and torch.equal(at_launch, torch.zeros(4, 6))
+
+
+def test_the_products_sum_into_the_accumulator_itself_where_it_lives(monkeypatch):
+    """The fallback's ragged path likewise: no temporary the size of the weight beside an accumulator that lives
+    with the activations; a zero one on the activations' device for an offloaded weight's (meta here)."""
+    from torch import nn
+
+    from dean_hf.scoring.scorers import SnipScorer
+
+    made = []
+    real = torch.zeros_like
+    monkeypatch.setattr(torch, "zeros_like", lambda t, **k: made.append(k.get("device")) or real(t, **k))
+    scorer = SnipScorer()
+    scorer.fused_kernel = "off"
+    x, g = torch.randn(2, 5, 6), torch.randn(2, 5, 4)
+    acc = torch.zeros(4, 6)
+    scorer.on_backward(nn.Linear(6, 4), acc, x, g, [5, 3])  # ragged: one product per sample, over its tokens
+    expected = (g[0, :5].T @ x[0, :5]).abs() + (g[1, :3].T @ x[1, :3]).abs()
+    assert torch.allclose(acc, expected, rtol=1e-6, atol=0) and made == []
+    scorer.on_backward(nn.Linear(6, 4), torch.zeros(4, 6, device="meta"), x, g, [5, 3])
+    assert made == [x.device]
