@@ -28,6 +28,10 @@ def cmd_score(args) -> None:
                         fused_kernel=args.fused_kernel,
                         scorer=args.scorer, target_modules=target_modules(args.target_modules),
                         chat_template=not args.no_chat_template)
+    if config.fused_kernel == "on":  # no triton, or no GPU it runs on: said before the data and the model are read
+        from ..scoring.engine import check_fused_kernel_on
+
+        check_fused_kernel_on(config.scorer)
     load_kwargs = {"split": args.split, "prompt_column": args.prompt_column, "response_column": args.response_column}
     # Every data set is read (and checked) before the model is loaded.
     records = {name: load_records(src, n=config.num_samples, seed=config.seed, **load_kwargs)

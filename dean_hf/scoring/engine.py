@@ -19,7 +19,7 @@ from ..modules import decoder_blocks, unwrap_model
 from ..targets import TargetModules, find_target_modules
 from .hooks import BatchState, scoring_hooks
 from .loss import forward_loss, host_loss_positions
-from .fused_abs_grad import fused_kernel_unavailable
+from .fused_abs_grad import fused_kernel_unavailable, fused_kernel_unavailable_here
 from .scorers import Scorer, check_fused_kernel, get_scorer
 from .scores import DEFAULT_KEEP, ImportanceScores, check_keep, scores_from_accumulators
 
@@ -307,12 +307,20 @@ def score_importance(
     return ImportanceScores.merge(list(scores.values()), metadata, order=list(modules))
 
 
-def _check_fused_kernel_runs(score_fn: Scorer, scorer: str, device: torch.device, dtype: torch.dtype) -> None:
-    """DeanError unless `score_fn` has a fused kernel and it runs for `dtype` activations on `device`."""
+def check_fused_kernel_on(scorer: str) -> None:
+    """For `fused_kernel='on'`, before a model is loaded: DeanError if it cannot work in this process whatever the
+    model (the scorer has no fused kernel, triton is missing, no GPU it runs on is visible)."""
+    _check_fused_kernel_runs(get_scorer(scorer), scorer, None, None)
+
+
+def _check_fused_kernel_runs(score_fn: Scorer, scorer: str, device: Optional[torch.device],
+                             dtype: Optional[torch.dtype]) -> None:
+    """DeanError unless `score_fn` has a fused kernel and it runs for `dtype` activations on `device` (None, None:
+    on some device of this process)."""
     if not score_fn.has_fused_kernel:
         raise DeanError(f"fused_kernel='on' but scorer={scorer!r} has no fused kernel (it sums no per-sample "
                         "gradients; only 'snip' has one): use fused_kernel='auto'.")
-    why = fused_kernel_unavailable(device, dtype)
+    why = fused_kernel_unavailable_here() if device is None else fused_kernel_unavailable(device, dtype)
     if why is not None:
         raise DeanError(f"fused_kernel='on' but the fused kernel cannot run: {why}. Use fused_kernel='auto' (the "
                         "batched products where it cannot run) or 'off'.")

@@ -96,6 +96,23 @@ def fused_kernel_unavailable(device: torch.device, dtype: torch.dtype, *, allow_
     return f"the activations are on {device}, not a CUDA device"
 
 
+def fused_kernel_unavailable_here() -> Optional[str]:
+    """None if the kernel can run in this process on some device: triton imports, and a CUDA GPU of compute
+    capability 8.0 or newer is visible (or Triton's interpreter is on); else why not. For checks made before a model
+    is loaded; `fused_kernel_unavailable` then checks the activations' device and dtype."""
+    if _load_triton() is not None:
+        return f"{_TRITON_ERROR}: pip install 'dean_hf[gpu]' (CUDA builds of torch ship it)"
+    if interpreting():
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+    capabilities = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    if max(capabilities) < MIN_CAPABILITY:
+        return (f"the GPUs have compute capability {', '.join(f'{a}.{b}' for a, b in capabilities)}; the kernel "
+                f"needs {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ampere, Ada, Hopper, Blackwell)")
+    return None
+
+
 def _abs_grad_kernel(a_ptr, b_ptr, acc_ptr, lengths_ptr, num_samples, tokens, M, N,
                      stride_ab, stride_at, stride_am, stride_bb, stride_bt, stride_bn, stride_cm, stride_cn,
                      RAGGED: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, GROUP_M: tl.constexpr,
@@ -226,4 +243,4 @@ def launch_constants(dtype: torch.dtype, ragged: bool, blocks: Optional[tuple[in
 
 
 __all__ = ["MIN_CAPABILITY", "SUPPORTED_DTYPES", "LengthsOnDevice", "accumulate_abs_grad", "fused_kernel_unavailable",
-           "interpreting", "launch_constants"]
+           "fused_kernel_unavailable_here", "interpreting", "launch_constants"]
