@@ -32,7 +32,7 @@ def floors(pyproject: Path, extras: tuple[str, ...] = ()) -> list[str]:
         if not found:
             raise SystemExit(f"{dep!r} declares no floor (name>=version): every direct dependency needs one")
         out.append(f"{found.group(1)}=={found.group(2)}")
-    return out
+    return list(dict.fromkeys(out))  # an extra may repeat another's requirement
 
 
 if __name__ == "__main__":

@@ -109,14 +109,15 @@ class ArtifactMixin:
     def _save_peft(self, save_directory: str | os.PathLike, names: Sequence[str], is_main_process: bool) -> Path:
         from .peft_export import prepare_peft_adapter
 
+        if not is_main_process:  # the other processes neither compute nor check: the main one writes
+            return Path(save_directory)
         with self._state.disabled():  # the delta is taken from the original weights
             # every adapter computed and its folder checked before the first file is written
             adapters = [prepare_peft_adapter(hub.artifact_folder(save_directory, name),
                                              self._state.modules_of(self._state.masks[name]),
                                              self._state.masks[name], self._config_for_save(name)) for name in names]
-        if is_main_process:
-            for adapter in adapters:
-                adapter.write()
+        for adapter in adapters:
+            adapter.write()
         return Path(save_directory)
 
     @classmethod

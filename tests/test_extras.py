@@ -85,7 +85,10 @@ TRITON_OF_CUDA_TORCH = {"2.13": "3.7.1", "2.14": "3.8.0"}
 
 
 def test_the_extras_with_triton_install_beside_a_cuda_torch():
-    tomllib = pytest.importorskip("tomllib")
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
     from pathlib import Path
 
     from packaging.requirements import Requirement

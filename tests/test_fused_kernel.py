@@ -406,8 +406,8 @@ def test_the_products_sum_into_the_accumulator_itself_where_it_lives(monkeypatch
 
 
 def test_dean_score_fused_kernel_on_where_it_cannot_run_fails_before_loading_anything(monkeypatch, tmp_path, capsys):
-    """No GPU it runs on (this CPU, without the interpreter), or a scorer without a kernel: one line and exit 2
-    before the data sets are read and the model is loaded (minutes for a 7B model)."""
+    """The model placed on the CPU (the default --device-map), no GPU it runs on for 'auto', or a scorer without a
+    kernel: one line and exit 2 before the data sets are read and the model is loaded (minutes for a 7B model)."""
     import dean_hf.data as data
     import dean_hf.models as models
     from dean_hf.cli import main
@@ -416,10 +416,14 @@ def test_dean_score_fused_kernel_on_where_it_cannot_run_fails_before_loading_any
         raise AssertionError("read or loaded before the check")
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as here, also on a machine with GPUs
     monkeypatch.setattr(models, "load_model", never)
     monkeypatch.setattr(data, "load_records", never)
-    why = "triton cannot be imported" if importlib.util.find_spec("triton") is None else "no CUDA GPU is visible"
-    for extra, expected in (([], why), (["--scorer", "wanda"], "scorer='wanda' has no fused kernel")):
+    no_triton = importlib.util.find_spec("triton") is None
+    cases = [([], "triton cannot be imported" if no_triton else "the activations are on cpu, not a CUDA device"),
+             (["--device-map", "auto"], "triton cannot be imported" if no_triton else "no CUDA GPU is visible"),
+             (["--scorer", "wanda"], "scorer='wanda' has no fused kernel")]
+    for extra, expected in cases:
         assert main(["score", "--model", "tiny", "--data", f"fairness={tmp_path / 'fair.csv'}", "--out",
                      str(tmp_path / "scores"), "--fused-kernel", "on", *extra]) == 2
         err = capsys.readouterr().err.strip()
@@ -427,16 +431,21 @@ def test_dean_score_fused_kernel_on_where_it_cannot_run_fails_before_loading_any
     assert not (tmp_path / "scores").exists()
 
 
+def _raise(*args, **kwargs):
+    raise RuntimeError("CUDA driver initialization failed")
+
+
 @needs_triton
 @pytest.mark.parametrize("capabilities,why", [([], "no CUDA GPU is visible"), ([(7, 5)], "compute capability 7.5;"),
-                                              ([(7, 5), (8, 0)], None)])
+                                              ([(7, 5), (8, 0)], None), ("raise", "CUDA driver initialization failed")])
 def test_whether_the_kernel_can_run_here_reads_every_visible_gpu(monkeypatch, capabilities, why):
     from dean_hf.scoring.fused_abs_grad import fused_kernel_unavailable_here
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(capabilities))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: capabilities[i])
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        _raise if capabilities == "raise" else lambda i=None: capabilities[i])
     found = fused_kernel_unavailable_here()
     assert found is None if why is None else why in found
     monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -31,7 +31,7 @@ def cmd_score(args) -> None:
     if config.fused_kernel == "on":  # no triton, or no GPU it runs on: said before the data and the model are read
         from ..scoring.engine import check_fused_kernel_on
 
-        check_fused_kernel_on(config.scorer)
+        check_fused_kernel_on(config.scorer, _device_of(args.device_map))
     load_kwargs = {"split": args.split, "prompt_column": args.prompt_column, "response_column": args.response_column}
     # Every data set is read (and checked) before the model is loaded.
     records = {name: load_records(src, n=config.num_samples, seed=config.seed, **load_kwargs)
@@ -45,6 +45,20 @@ def cmd_score(args) -> None:
         how = "reused (same model, data and options)" if name in reused else "->"
         print(f"{name}: {len(s)} modules, {s.metadata['num_samples']} samples, {s.metadata['num_tokens']} response "
               f"tokens {how} {Path(args.out) / (name + '.safetensors')}")
+
+
+def _device_of(device_map):
+    """The one device a --device-map places the model on (the CPU by default), or None for a strategy ('auto',
+    ...) that spreads it over the devices it finds."""
+    import torch
+
+    from ..models import DEVICE_MAP_STRATEGIES
+
+    if device_map is None:
+        return torch.device("cpu")
+    if isinstance(device_map, int):
+        return torch.device("cuda", device_map)
+    return None if device_map in DEVICE_MAP_STRATEGIES else torch.device(device_map)
 
 
 def register(sub) -> None:

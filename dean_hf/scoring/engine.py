@@ -307,10 +307,11 @@ def score_importance(
     return ImportanceScores.merge(list(scores.values()), metadata, order=list(modules))
 
 
-def check_fused_kernel_on(scorer: str) -> None:
-    """For `fused_kernel='on'`, before a model is loaded: DeanError if it cannot work in this process whatever the
-    model (the scorer has no fused kernel, triton is missing, no GPU it runs on is visible)."""
-    _check_fused_kernel_runs(get_scorer(scorer), scorer, None, None)
+def check_fused_kernel_on(scorer: str, device: Optional[torch.device] = None) -> None:
+    """For `fused_kernel='on'`, before a model is loaded: DeanError if it cannot work whatever the model (the scorer
+    has no fused kernel, triton is missing, the kernel cannot run on `device`, where the model will be; None: on
+    any device of this process, for a device map that places the model itself)."""
+    _check_fused_kernel_runs(get_scorer(scorer), scorer, device, None if device is None else torch.float32)
 
 
 def _check_fused_kernel_runs(score_fn: Scorer, scorer: str, device: Optional[torch.device],

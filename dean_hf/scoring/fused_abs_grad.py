@@ -104,9 +104,13 @@ def fused_kernel_unavailable_here() -> Optional[str]:
         return f"{_TRITON_ERROR}: pip install 'dean_hf[gpu]' (CUDA builds of torch ship it)"
     if interpreting():
         return None
-    if not torch.cuda.is_available():
+    try:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        capabilities = [torch.cuda.get_device_capability(i) for i in range(count)]
+    except (AssertionError, RuntimeError) as err:  # a CPU-only build of torch, a driver that fails to initialise
+        return f"the CUDA devices cannot be read ({err})"
+    if not capabilities:
         return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-    capabilities = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
     if max(capabilities) < MIN_CAPABILITY:
         return (f"the GPUs have compute capability {', '.join(f'{a}.{b}' for a, b in capabilities)}; the kernel "
                 f"needs {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ampere, Ada, Hopper, Blackwell)")
