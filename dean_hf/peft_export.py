@@ -192,12 +192,3 @@ def prepare_peft_adapter(save_directory: str | os.PathLike, modules: Mapping[str
     check_writable(folder, "adapter folder")
     _check_no_foreign_adapter(folder)
     return PeftAdapterFiles(folder, tensors, adapter_config(mask, config, r), render_peft_card(config, mask, r), r)
-
-
-def save_peft_adapter(save_directory: str | os.PathLike, modules: Mapping[str, nn.Module], mask: NeuronMask,
-                      config: DeanConfig) -> Path:
-    """Write `mask` as a PEFT SHiRA adapter into `save_directory` (see the module's docstring for the format and
-    its limits). `modules` are the mask's modules with their original (unmasked) weights. Everything is checked
-    and computed before the first file is written; each file is written atomically, and a README.md that dean_hf
-    did not write is kept."""
-    return prepare_peft_adapter(save_directory, modules, mask, config).write()

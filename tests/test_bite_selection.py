@@ -1,7 +1,6 @@
 """Selection's warnings and errors, word for word where a user reads a number or a name in them (found by
 mutation testing: benchmarks/MUTANTS.md)."""
 
-
 import pytest
 import torch
 

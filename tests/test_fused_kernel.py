@@ -445,7 +445,7 @@ def test_whether_the_kernel_can_run_here_reads_every_visible_gpu(monkeypatch, ca
     monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(capabilities))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
     monkeypatch.setattr(torch.cuda, "get_device_capability",
-                        _raise if capabilities == "raise" else lambda i=None: capabilities[i])
+                        _raise if capabilities == "raise" else lambda d=None: capabilities[torch.device(d).index])
     found = fused_kernel_unavailable_here()
     assert found is None if why is None else why in found
     monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -20,7 +20,7 @@ from ..targets import TargetModules, find_target_modules
 from .hooks import BatchState, scoring_hooks
 from .loss import forward_loss, host_loss_positions
 from .fused_abs_grad import fused_kernel_unavailable, fused_kernel_unavailable_here
-from .scorers import Scorer, check_fused_kernel, get_scorer
+from .scorers import Scorer, cannot_run_error, check_fused_kernel, get_scorer
 from .scores import DEFAULT_KEEP, ImportanceScores, check_keep, scores_from_accumulators
 
 logger = get_logger(__name__)
@@ -323,8 +323,7 @@ def _check_fused_kernel_runs(score_fn: Scorer, scorer: str, device: Optional[tor
                         "gradients; only 'snip' has one): use fused_kernel='auto'.")
     why = fused_kernel_unavailable_here() if device is None else fused_kernel_unavailable(device, dtype)
     if why is not None:
-        raise DeanError(f"fused_kernel='on' but the fused kernel cannot run: {why}. Use fused_kernel='auto' (the "
-                        "batched products where it cannot run) or 'off'.")
+        raise cannot_run_error(why)
 
 
 def _check_finite_scores(scores: Mapping[str, torch.Tensor]) -> None:

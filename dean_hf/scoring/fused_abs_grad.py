@@ -100,21 +100,16 @@ def fused_kernel_unavailable_here() -> Optional[str]:
     """None if the kernel can run in this process on some device: triton imports, and a CUDA GPU of compute
     capability 8.0 or newer is visible (or Triton's interpreter is on); else why not. For checks made before a model
     is loaded; `fused_kernel_unavailable` then checks the activations' device and dtype."""
-    if _load_triton() is not None:
-        return f"{_TRITON_ERROR}: pip install 'dean_hf[gpu]' (CUDA builds of torch ship it)"
-    if interpreting():
-        return None
+    if _load_triton() is not None or interpreting():
+        return fused_kernel_unavailable(torch.device("cpu"), torch.float32)
     try:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        capabilities = [torch.cuda.get_device_capability(i) for i in range(count)]
     except (AssertionError, RuntimeError) as err:  # a CPU-only build of torch, a driver that fails to initialise
         return f"the CUDA devices cannot be read ({err})"
-    if not capabilities:
+    if not count:
         return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-    if max(capabilities) < MIN_CAPABILITY:
-        return (f"the GPUs have compute capability {', '.join(f'{a}.{b}' for a, b in capabilities)}; the kernel "
-                f"needs {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ampere, Ada, Hopper, Blackwell)")
-    return None
+    reasons = [fused_kernel_unavailable(torch.device("cuda", i), torch.float32) for i in range(count)]
+    return None if None in reasons else "; ".join(reasons)
 
 
 def _abs_grad_kernel(a_ptr, b_ptr, acc_ptr, lengths_ptr, num_samples, tokens, M, N,

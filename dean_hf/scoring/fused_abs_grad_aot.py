@@ -89,7 +89,8 @@ def compile_for(capability: int, dtype: torch.dtype, *, ragged: bool = True,
                               target=GPUTarget("cuda", capability, 32), options=options)
     usage = _resource_usage(compiled.asm["cubin"])
     return KernelResources(capability=capability, dtype=_TRITON_TYPES[dtype], ragged=ragged,
-                           registers=usage["REG"], spill_bytes=usage["STACK"] + usage.get("LOCAL", 0), shared_bytes=compiled.metadata.shared,
+                           registers=usage["REG"], spill_bytes=usage["STACK"] + usage.get("LOCAL", 0),
+                           shared_bytes=compiled.metadata.shared,
                            products=_tensor_core_instructions(compiled.asm["ptx"]), warps=options["num_warps"])
 
 

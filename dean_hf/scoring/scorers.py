@@ -61,6 +61,12 @@ def check_fused_kernel(value: object) -> str:
     return value
 
 
+def cannot_run_error(why: str) -> DeanError:
+    """The error of `fused_kernel='on'` where the kernel cannot run, `why` saying why."""
+    return DeanError(f"fused_kernel='on' but the fused kernel cannot run: {why}. Use fused_kernel='auto' (the batched "
+                     "products where it cannot run) or 'off'.")
+
+
 class Scorer:
     """Base class of importance scorers. Accumulators are fp32 and live on the weight's device.
 
@@ -131,8 +137,7 @@ class SnipScorer(Scorer):
 
             why = fused_kernel_unavailable(x.device, x.dtype, allow_interpreter=self.fused_kernel == "on")
             if why is not None and self.fused_kernel == "on":
-                raise DeanError(f"fused_kernel='on' but the fused kernel cannot run: {why}. Use fused_kernel='auto' "
-                                "(the batched products where it cannot run) or 'off'.")
+                raise cannot_run_error(why)
             decided[key] = why is None
         return decided[key]
 
